@@ -1,0 +1,7 @@
+"""``python -m dfcil`` = the ``dfcil`` command."""
+
+import sys
+
+from dfcil.cli import main
+
+sys.exit(main())

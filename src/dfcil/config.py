@@ -1,0 +1,248 @@
+"""Experiment configuration: YAML files with ``extends``, dotted ``--set`` overrides, strict checks.
+
+A config is validated completely (unknown keys, types, ranges, impossible splits, method
+options) before any data is read or any model is built. The ``runtime`` section holds options
+that never change what is trained (device, threads, progress bars, the upper-bound run used for
+Omega); everything else is part of the run's fingerprint, which ``--resume`` checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dfcil.errors import ConfigError
+from dfcil.schema import from_dict, join, require, to_dict
+
+DatasetName = Literal["cifar100", "imagefolder", "tiny_imagenet", "imagenet100"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how real training images are augmented."""
+
+    dataset: DatasetName = "cifar100"
+    root: str | None = None  # default: $DFCIL_DATA
+    image_size: int | None = None  # default: the dataset's native size
+    download: bool = False  # cifar100 only: fetch the official archive when absent
+    crop_padding: int = 4  # random crop with this much zero padding; 0 disables
+    flip: bool = True  # random horizontal flip, p = 0.5
+
+    def validate(self, path: str) -> None:
+        """Check value ranges."""
+        require(self.image_size is None or self.image_size >= 8, join(path, "image_size"), "must be >= 8")
+        require(self.crop_padding >= 0, join(path, "crop_padding"), "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """Class order and task split.
+
+    ``base_classes = 0`` is the equal split (B0): ``num_tasks`` tasks of equal size.
+    ``base_classes = 50`` is the half-base protocol (B50): a first task of 50 classes, then
+    ``num_tasks - 1`` equal increments.
+    """
+
+    order: Literal["abd", "icarl", "identity", "explicit"] = "abd"
+    order_seed: int | None = None  # default 0 for "abd", 1993 for "icarl"
+    class_order: list[int] | None = None  # required for order = "explicit"
+    subset: int | None = None  # use only the first K classes of the order
+    num_tasks: int = 10
+    base_classes: int = 0
+
+    def validate(self, path: str) -> None:
+        """Check values that do not depend on the dataset (the rest: :mod:`dfcil.scenario`)."""
+        require(self.num_tasks >= 1, join(path, "num_tasks"), "must be >= 1")
+        require(self.base_classes >= 0, join(path, "base_classes"), "must be >= 0")
+        require(self.subset is None or self.subset >= 1, join(path, "subset"), "must be >= 1")
+        if self.order == "explicit":
+            require(bool(self.class_order), join(path, "class_order"), "required when order is 'explicit'")
+        else:
+            require(self.class_order is None, join(path, "class_order"), "only allowed when order is 'explicit'")
+        if self.order in ("identity", "explicit"):
+            require(self.order_seed is None, join(path, "order_seed"), f"not used by order '{self.order}'")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and classifier heads."""
+
+    backbone: Literal["resnet32", "resnet18", "resnet34"] = "resnet32"
+    resnet32_variant: Literal["rdfcil", "abd"] = "rdfcil"
+    resnet18_stem: Literal["imagenet", "small"] = "imagenet"
+    head_init_std: float | None = None  # None: PyTorch's Linear init; R-DFCIL uses 0.001
+
+    def validate(self, path: str) -> None:
+        """Check value ranges."""
+        require(self.head_init_std is None or self.head_init_std > 0, join(path, "head_init_std"), "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of the main phase of every task (SGD, re-created per task)."""
+
+    epochs: int = 160
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [80, 120])
+    gamma: float = 0.1
+    eval_batch_size: int = 1000
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast for forward passes
+    channels_last: bool = True
+
+    def validate(self, path: str) -> None:
+        """Check value ranges."""
+        require(self.epochs >= 1, join(path, "epochs"), "must be >= 1")
+        require(self.batch_size >= 2, join(path, "batch_size"), "must be >= 2")
+        require(self.lr > 0, join(path, "lr"), "must be > 0")
+        require(0 <= self.momentum < 1, join(path, "momentum"), "must be in [0, 1)")
+        require(self.weight_decay >= 0, join(path, "weight_decay"), "must be >= 0")
+        require(0 < self.gamma <= 1, join(path, "gamma"), "must be in (0, 1]")
+        require(self.eval_batch_size >= 1, join(path, "eval_batch_size"), "must be >= 1")
+        require(
+            list(self.milestones) == sorted(set(self.milestones)) and all(m >= 1 for m in self.milestones),
+            join(path, "milestones"),
+            "must be strictly increasing positive epochs",
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Options that do not change what is trained (excluded from the run fingerprint)."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int | None = None  # torch CPU threads; None = torch's default
+    progress: bool = True  # console progress bars
+    upper_bound: str | None = None  # metrics.json (or run dir) of a `joint` run -> omega
+
+    def validate(self, path: str) -> None:
+        """Check value ranges."""
+        require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            join(path, "device"),
+            f"expected auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        require(self.num_threads is None or self.num_threads >= 1, join(path, "num_threads"), "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment. ``method`` holds ``name`` plus that method's own options."""
+
+    seed: int = 0  # weight initialisation, sampling and augmentation (not the class order)
+    data: DataConfig = field(default_factory=DataConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def validate(self, path: str) -> None:
+        """Check the method section: a known name and options its method accepts."""
+        from dfcil.methods import parse_method_options
+
+        parse_method_options(self.method)
+
+    @property
+    def method_name(self) -> str:
+        """Registered name of the method."""
+        return str(self.method["name"])
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "method":
+            merged[key] = _deep_merge(merged[key], value)
+        elif key == "method" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            # Switching method drops the base method's options; same method merges them.
+            same = value.get("name", merged[key].get("name")) == merged[key].get("name")
+            merged[key] = _deep_merge(merged[key], value) if same else copy.deepcopy(value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config, resolving ``extends: other.yaml`` (relative to the file) recursively."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: 'extends' cycle")
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be a file name")
+    return _deep_merge(load_yaml_tree(path.parent / parent, _seen + (path,)), data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``KEY=VALUE`` overrides (dotted key path, YAML value) to a raw config dict."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        if parts == ["method", "name"] and isinstance(data.get("method"), dict):
+            if data["method"].get("name") != value:
+                data["method"] = {}
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a raw dict and return the typed :class:`Config` (checks the split as well)."""
+    config = from_dict(Config, data)
+    from dfcil.scenario import KNOWN_CLASS_COUNTS, check_split
+
+    check_split(config.scenario, KNOWN_CLASS_COUNTS.get(config.data.dataset))
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, merge, override and validate a config file."""
+    return parse_config(apply_overrides(load_yaml_tree(path), overrides or []))
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain-dict form of a config (what ``config.yaml`` in a run directory holds)."""
+    return to_dict(config)
+
+
+def fingerprint(config: Config) -> str:
+    """Hash of everything that determines the result of a run (``runtime`` excluded)."""
+    data = config_to_dict(config)
+    data.pop("runtime", None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,93 @@
+"""Decoding one image file (or in-memory bytes) into a fixed-size uint8 RGB array."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dfcil.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+
+
+def is_image_name(name: str) -> bool:
+    """True for a visible file name ending in .jpg/.jpeg/.png (any case)."""
+    base = name.rsplit("/", 1)[-1]
+    if base.startswith("."):
+        return False
+    dot = base.rfind(".")
+    return dot > 0 and base[dot:].lower() in IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Resize the shorter side to ``resize``, then take the centre ``size`` x ``size`` crop.
+
+    ``resize == size`` gives a plain square resize-and-crop; ImageNet's evaluation transform
+    is ``Geometry(224, 256)``.
+    """
+
+    size: int
+    resize: int
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.resize < self.size:
+            raise DataError(f"bad image geometry: size {self.size}, resize {self.resize}")
+
+    @classmethod
+    def square(cls, size: int) -> "Geometry":
+        """Shorter side to ``size``, centre crop ``size``."""
+        return cls(size, size)
+
+    @classmethod
+    def imagenet(cls, size: int) -> "Geometry":
+        """Shorter side to ``size * 256 / 224`` (256 for 224), centre crop ``size``."""
+        return cls(size, max(size, int(round(size * 256 / 224))))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+def _fit(image: Image.Image, geometry: Geometry) -> Image.Image:
+    """Shorter side to ``geometry.resize`` (bilinear, antialiased), then centre crop."""
+    width, height = image.size
+    short = geometry.resize
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    size = geometry.size
+    if (new_w, new_h) != (size, size):
+        left = int(round((new_w - size) / 2.0))
+        top = int(round((new_h - size) / 2.0))
+        image = image.crop((left, top, left + size, top + size))
+    return image
+
+
+def decode_image(source: Path | bytes, geometry: Geometry, name: str | None = None) -> np.ndarray:
+    """Decode a file path or raw bytes into a uint8 (size, size, 3) RGB array.
+
+    ``name`` is what error messages call the image (defaults to the path). Any decoding
+    failure raises ``DataError("cannot decode image <name>: <reason>")``.
+    """
+    label = name if name is not None else str(source)
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(handle) as image:
+            image.load()
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            image = _fit(image, geometry)
+            array = np.asarray(image, dtype=np.uint8)
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise DataError(f"cannot decode image {label}: {_one_line(str(exc) or type(exc).__name__)}") from exc
+    if array.shape != (geometry.size, geometry.size, 3):
+        raise DataError(f"cannot decode image {label}: unexpected shape {array.shape}")
+    return array

@@ -1,0 +1,1 @@
+"""The training engine: task loop, phases, evaluation, logging and checkpoints."""

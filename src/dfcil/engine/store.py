@@ -1,0 +1,57 @@
+"""Decoded images held where batches are gathered fastest, plus index-batch sampling."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+DEVICE_RESIDENT_LIMIT_BYTES = 8 * 1024**3
+
+
+class ImageStore:
+    """uint8 (N, H, W, 3) images: resident on the device when they fit, else gathered on the host.
+
+    ``gather(index)`` returns the selected images as a uint8 tensor on the device. CIFAR-sized
+    data lives on the device whole, so a batch is a single index operation there.
+    """
+
+    def __init__(self, images: np.ndarray, device: torch.device, limit_bytes: int = DEVICE_RESIDENT_LIMIT_BYTES):
+        self.device = device
+        self.resident = images.nbytes <= limit_bytes and not isinstance(images, np.memmap)
+        if self.resident:
+            self._images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        else:
+            self._host = images
+        self.shape = tuple(images.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """Images at ``index`` (int64 tensor on any device), uint8 on the device."""
+        if self.resident:
+            return self._images[index.to(self.device)]
+        rows = np.sort(index.cpu().numpy())  # sorted reads are friendlier to a memmap
+        order = np.argsort(np.argsort(index.cpu().numpy()))
+        batch = torch.from_numpy(np.ascontiguousarray(self._host[rows][order]))
+        return batch.to(self.device, non_blocking=True)
+
+
+def index_batches(
+    indices: torch.Tensor, batch_size: int, generator: torch.Generator, shuffle: bool = True
+) -> Iterator[torch.Tensor]:
+    """Shuffled mini-batches of ``indices``; a trailing batch of one sample is dropped (BatchNorm)."""
+    if shuffle:
+        indices = indices[torch.randperm(len(indices), generator=generator)]
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start : start + batch_size]
+        if len(batch) >= 2 or len(indices) == 1:
+            yield batch
+
+
+def num_batches(count: int, batch_size: int) -> int:
+    """How many batches :func:`index_batches` yields for ``count`` samples."""
+    full, rest = divmod(count, batch_size)
+    return full + (1 if rest >= 2 or (count == 1) else 0)

@@ -1,0 +1,413 @@
+"""The task loop that every method runs in.
+
+Per task: (re-initialise for ``joint``) -> ``method.prepare_task`` -> add the task's head ->
+each phase of ``method.phases`` (new SGD optimiser and schedule; epochs of whole-batch
+device-side augmentation and the method's loss terms) -> ``method.finish_task`` ->
+task-agnostic evaluation on all seen classes -> ``metrics.json`` and a checkpoint.
+
+A checkpoint is written atomically after every epoch and every task, holding the model, the
+method state (old model, synthesizer, auxiliary modules), optimiser, scheduler, every RNG
+state and the results so far, so a killed run resumes from its last epoch and, on the CPU
+with a fixed seed, ends with exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dfcil.augment import Normalizer, TrainAugment
+from dfcil.config import Config
+from dfcil.data import DatasetArrays
+from dfcil.engine import checkpoint as ckpt
+from dfcil.engine.evaluate import predict_logits
+from dfcil.engine.results import RunResults, evaluate_task
+from dfcil.engine.rng import capture, restore, seed_everything
+from dfcil.engine.store import ImageStore, index_batches, num_batches
+from dfcil.methods import Batch, Method, Phase, RunEnv, method_class, parse_method_options
+from dfcil.models import IncrementalClassifier, build_backbone
+from dfcil.runlog import RunLog
+from dfcil.scenario import Scenario, Task, build_scenario
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from dfcil.errors import ConfigError
+
+        raise ConfigError(f"runtime.device: {name} requested but CUDA is not available")
+    return device
+
+
+@dataclass
+class SplitTensors:
+    """Images and remapped labels of one split, restricted to the scenario's classes."""
+
+    store: ImageStore
+    labels: torch.Tensor  # int64 on the CPU (positions in the class order)
+
+    def indices_of(self, start: int, stop: int) -> torch.Tensor:
+        """Indices of samples whose label lies in ``[start, stop)``."""
+        return torch.nonzero((self.labels >= start) & (self.labels < stop)).flatten()
+
+
+def _split_tensors(images: np.ndarray, labels: np.ndarray, scenario: Scenario, device: torch.device) -> SplitTensors:
+    positions = scenario.remap(labels)
+    keep = np.nonzero(positions >= 0)[0]
+    if len(keep) != len(labels):
+        images = images[keep]
+        positions = positions[keep]
+    return SplitTensors(ImageStore(images, device), torch.from_numpy(positions.astype(np.int64)))
+
+
+@dataclass
+class EpochStats:
+    """What one epoch of training measured."""
+
+    loss: float
+    terms: dict[str, float]
+    weights: dict[str, float]
+    train_accuracy: float | None
+    images: int
+    seconds: float
+
+
+class Trainer:
+    """Runs one experiment into one run directory (see module docstring)."""
+
+    def __init__(self, config: Config, run_dir: Path, dataset: DatasetArrays, upper_bound: list[float] | None = None):
+        self.config = config
+        self.run_dir = run_dir
+        self.dataset = dataset
+        self.upper_bound = upper_bound
+        self.device = resolve_device(config.runtime.device)
+        if config.runtime.num_threads:
+            torch.set_num_threads(config.runtime.num_threads)
+        seed_everything(config.seed)
+        self.scenario = build_scenario(config.scenario, dataset.num_classes)
+        self.train_data = _split_tensors(dataset.train.images, dataset.train.labels, self.scenario, self.device)
+        self.test_data = _split_tensors(dataset.test.images, dataset.test.labels, self.scenario, self.device)
+        self._check_class_coverage()
+        self.normalizer = Normalizer(dataset.mean, dataset.std, config.train.channels_last)
+        self.augment = TrainAugment(self.normalizer, config.data.crop_padding, config.data.flip)
+        self.sample_generator = torch.Generator().manual_seed(config.seed)
+        self.device_generator = (
+            self.sample_generator
+            if self.device.type == "cpu"
+            else torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        )
+        self.env = RunEnv(
+            device=self.device,
+            precision=config.train.precision,
+            channels_last=config.train.channels_last,
+            normalizer=self.normalizer,
+            generator=self.device_generator,
+            train=config.train,
+            make_model=self.make_model,
+        )
+        options = parse_method_options(config.method)
+        self.method: Method = method_class(config.method_name)(options, self.env)
+        self.model = self.make_model([])
+        self.results = RunResults()
+        self.log = RunLog(run_dir / "log.jsonl")
+        self.wall_time_s = 0.0
+
+    # ------------------------------------------------------------------------------------
+    def _check_class_coverage(self) -> None:
+        from dfcil.errors import DataError
+
+        for name, split in (("train", self.train_data), ("test", self.test_data)):
+            counts = torch.bincount(split.labels, minlength=self.scenario.num_classes)
+            empty = torch.nonzero(counts == 0).flatten()
+            if len(empty):
+                original = self.scenario.order[int(empty[0])]
+                raise DataError(
+                    f"class {self.dataset.class_names[original]!r} (index {original}) has no {name} images"
+                )
+
+    def make_model(self, head_sizes: list[int] | tuple[int, ...]) -> IncrementalClassifier:
+        """A freshly initialised model with heads of ``head_sizes``, on the run's device."""
+        cfg = self.config.model
+        options: dict[str, Any] = {}
+        if cfg.backbone == "resnet32":
+            options["variant"] = cfg.resnet32_variant
+        elif cfg.backbone == "resnet18":
+            options["stem"] = cfg.resnet18_stem
+        model = IncrementalClassifier(build_backbone(cfg.backbone, **options), cfg.head_init_std)
+        for size in head_sizes:
+            model.add_head(size)
+        model.to(self.device)
+        if self.config.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        generators = {"sample": self.sample_generator}
+        if self.device_generator is not self.sample_generator:
+            generators["device"] = self.device_generator
+        return generators
+
+    # ------------------------------------------------------------------------------------
+    def _optimizer(self, phase: Phase) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        train = self.config.train
+        if phase.trainable == "heads":
+            params = list(self.model.head_parameters())
+        else:
+            params = list(self.model.parameters())
+            aux = self.method.aux_modules()
+            if aux is not None:
+                params += list(aux.parameters())
+        optimizer = torch.optim.SGD(
+            params, lr=phase.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=train.nesterov
+        )
+        scheduler: torch.optim.lr_scheduler.LRScheduler
+        if phase.schedule == "multistep":
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(phase.milestones), phase.gamma)
+        elif phase.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs)
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        return optimizer, scheduler
+
+    def _set_trainable(self, phase: Phase) -> None:
+        heads_only = phase.trainable == "heads"
+        for parameter in self.model.backbone_parameters():
+            parameter.requires_grad_(not heads_only)
+        self.model.train()
+        if heads_only:
+            self.model.backbone.eval()
+        aux = self.method.aux_modules()
+        if aux is not None:
+            aux.train()
+
+    def _train_epoch(self, task: Task, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer) -> EpochStats:
+        self._set_trainable(phase)
+        indices = self.train_data.indices_of(*self.method.train_label_range(task))
+        batch_size = self.config.train.batch_size
+        total_batches = num_batches(len(indices), batch_size)
+        sums: dict[str, torch.Tensor] = {}
+        weights: dict[str, float] = {}
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        scored = 0
+        images_seen = 0
+        desc = f"task {task.index + 1}/{len(self.scenario.tasks)} {phase.name} {epoch}/{phase.epochs}"
+        bar = tqdm(total=total_batches, desc=desc, leave=False, disable=not self.config.runtime.progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        start = time.perf_counter()
+        for step, index in enumerate(index_batches(indices, batch_size, self.sample_generator)):
+            images = self.augment(self.train_data.store.gather(index), self.device_generator)
+            labels = self.train_data.labels[index].to(self.device, non_blocking=True)
+            with self.env.autocast():
+                result = self.method.training_step(self.model, Batch(images, labels), task, phase)
+            total = sum(term.weight * term.value.float() for term in result.losses.values())
+            assert isinstance(total, torch.Tensor)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            n = len(index)
+            images_seen += n
+            loss_sum += total.detach() * n
+            for name, term in result.losses.items():
+                sums[name] = sums.get(name, torch.zeros((), device=self.device)) + term.value.detach().float() * n
+                weights[name] = float(term.weight)
+            if result.logits is not None:
+                correct += (result.logits.detach().argmax(1) == labels).sum()
+                scored += n
+            bar.update(1)
+            if bar.disable is False and (step % 10 == 0 or step + 1 == total_batches):
+                postfix = {"loss": f"{float(loss_sum) / images_seen:.3f}"}
+                if scored:
+                    postfix["acc"] = f"{100.0 * float(correct) / scored:.1f}"
+                bar.set_postfix(postfix)
+        bar.close()
+        seconds = time.perf_counter() - start
+        loss = float(loss_sum) / max(images_seen, 1)
+        if not math.isfinite(loss):
+            from dfcil.errors import DfcilError
+
+            raise DfcilError(f"task {task.index + 1} {phase.name} epoch {epoch}: loss is {loss} (diverged)")
+        return EpochStats(
+            loss=loss,
+            terms={k: float(v) / max(images_seen, 1) for k, v in sums.items()},
+            weights=weights,
+            train_accuracy=100.0 * float(correct) / scored if scored else None,
+            images=images_seen,
+            seconds=seconds,
+        )
+
+    # ------------------------------------------------------------------------------------
+    def _evaluate(self, task: Task) -> None:
+        indices = self.test_data.indices_of(0, task.stop)
+        start = time.perf_counter()
+        logits = predict_logits(
+            self.model, self.test_data.store, indices, self.normalizer, self.env, self.config.train.eval_batch_size
+        )
+        seconds = time.perf_counter() - start
+        labels = self.test_data.labels[indices].numpy()
+        evaluation = evaluate_task(logits, labels, self.scenario, task)
+        self.results.evaluations.append(evaluation)
+        self.log.append(
+            {
+                "event": "eval",
+                "task": task.index + 1,
+                "accuracy": evaluation.accuracy,
+                "old": evaluation.old,
+                "new": evaluation.new,
+                "matrix_row": evaluation.matrix_row,
+                "images": len(indices),
+                "images_per_s": len(indices) / max(seconds, 1e-9),
+            }
+        )
+        print(
+            f"[dfcil] task {task.index + 1}/{len(self.scenario.tasks)}: accuracy on {task.num_seen} seen classes "
+            f"{evaluation.accuracy:.2f} (old {_fmt(evaluation.old)}, new {_fmt(evaluation.new)})",
+            file=sys.stderr,
+        )
+
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json`` content for the tasks evaluated so far."""
+        out = self.results.summary(self.scenario, self.dataset.class_names, self.upper_bound)
+        complete = len(self.results.evaluations) == len(self.scenario.tasks)
+        out.update(
+            {
+                "complete": complete,
+                "method": self.config.method_name,
+                "seed": self.config.seed,
+                "dataset": self.dataset.name,
+                "class_order": self.scenario.order,
+                "tasks": [self.scenario.order[t.start : t.stop] for t in self.scenario.tasks],
+                "wall_time_s": round(self.wall_time_s, 3),
+            }
+        )
+        return out
+
+    def _save(self, position: ckpt.Position, optimizer: Any = None, scheduler: Any = None) -> None:
+        ckpt.save(
+            self.run_dir,
+            ckpt.Checkpoint(
+                fingerprint=ckpt.run_fingerprint(self.config),
+                position=position,
+                head_sizes=_head_sizes(self.model),
+                model=self.model.state_dict(),
+                method=self.method.state_dict(),
+                optimizer=None if optimizer is None else optimizer.state_dict(),
+                scheduler=None if scheduler is None else scheduler.state_dict(),
+                rng=capture(self._generators()),
+                results=self.results.state_dict(),
+                wall_time_s=self.wall_time_s,
+            ),
+        )
+
+    # ------------------------------------------------------------------------------------
+    def run(self, resume: ckpt.Checkpoint | None = None) -> dict[str, Any]:
+        """Train every task (continuing from ``resume``) and return the final metrics."""
+        session_start = time.perf_counter()
+        base_wall = 0.0
+        position = ckpt.Position(task=-1, phase=0, epoch=0, task_done=True)
+        opt_state = sched_state = None
+        if resume is not None:
+            position = resume.position
+            self.model = self.make_model(resume.head_sizes)
+            self.model.load_state_dict(resume.model)
+            self.method.load_state_dict(resume.method)
+            self.results = RunResults.from_state(resume.results)
+            base_wall = resume.wall_time_s
+            opt_state, sched_state = resume.optimizer, resume.scheduler
+            self.log.truncate_after(position)
+            restore(resume.rng, self._generators())
+
+        def tick() -> None:
+            self.wall_time_s = base_wall + time.perf_counter() - session_start
+
+        first_task = position.task + 1 if position.task_done else position.task
+        for task in self.scenario.tasks[first_task:]:
+            mid_task = resume is not None and not position.task_done and task.index == position.task
+            if not mid_task:
+                if self.method.resets_model(task):
+                    self.model = self.make_model(_head_sizes(self.model))
+                self.method.prepare_task(self.model, task)
+                self.model.add_head(task.num_new)
+            phases = self.method.phases(task)
+            first_phase = position.phase if mid_task else 0
+            for phase_index in range(first_phase, len(phases)):
+                phase = phases[phase_index]
+                optimizer, scheduler = self._optimizer(phase)
+                first_epoch = 1
+                if mid_task and phase_index == position.phase:
+                    if opt_state is not None:
+                        optimizer.load_state_dict(opt_state)
+                        scheduler.load_state_dict(sched_state)
+                    first_epoch = position.epoch + 1
+                for epoch in range(first_epoch, phase.epochs + 1):
+                    self.method.on_epoch_start(self.model, task, phase, epoch)
+                    lr = optimizer.param_groups[0]["lr"]
+                    stats = self._train_epoch(task, phase, epoch, optimizer)
+                    scheduler.step()
+                    tick()
+                    here = ckpt.Position(task=task.index, phase=phase_index, epoch=epoch, task_done=False)
+                    self._save(here, optimizer, scheduler)
+                    self.log.append(_epoch_record(task, phase, phase_index, epoch, lr, stats))
+                    if not self.config.runtime.progress:
+                        continue
+                    print(
+                        f"[dfcil] task {task.index + 1} {phase.name} epoch {epoch}/{phase.epochs}: "
+                        f"loss {stats.loss:.4f} acc {_fmt(stats.train_accuracy)} "
+                        f"{stats.images / max(stats.seconds, 1e-9):.0f} img/s",
+                        file=sys.stderr,
+                    )
+            self._set_trainable(Phase.main(self.config.train))
+            self.method.finish_task(self.model, task)
+            self._evaluate(task)
+            tick()
+            self._save(ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True))
+            ckpt.save_task_model(self.run_dir, task.index, self.model, self.scenario)
+            from dfcil.atomic import write_json
+
+            write_json(self.run_dir / "metrics.json", self.metrics())
+            position = ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True)
+            resume = None
+        tick()
+        final = self.metrics()
+        from dfcil.atomic import write_json
+
+        write_json(self.run_dir / "metrics.json", final)
+        return final
+
+
+def _head_sizes(model: IncrementalClassifier) -> list[int]:
+    offsets = model.task_offsets
+    return [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _epoch_record(task: Task, phase: Phase, phase_index: int, epoch: int, lr: float, stats: EpochStats) -> dict[str, Any]:
+    return {
+        "event": "epoch",
+        "task": task.index + 1,
+        "phase": phase.name,
+        "phase_index": phase_index,
+        "epoch": epoch,
+        "lr": lr,
+        "loss": stats.loss,
+        "losses": stats.terms,
+        "weights": stats.weights,
+        "train_accuracy": stats.train_accuracy,
+        "images": stats.images,
+        "time_s": round(stats.seconds, 4),
+        "images_per_s": stats.images / max(stats.seconds, 1e-9),
+    }

@@ -1,0 +1,31 @@
+"""Loss functions shared by several methods (each with a hand-checked unit test)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0
+) -> torch.Tensor:
+    """Knowledge distillation of LwF as in ABD's code: ``-sum_c p_t^T(c) log p_s^T(c)``, batch mean.
+
+    ``p^T = softmax(logits / T)``. No ``T^2`` factor (multiply the weight if you want it).
+    The teacher is detached. Computed in float32.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"logit shapes differ: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return -(p_teacher * log_p_student).sum(dim=1).mean()
+
+
+def cross_entropy_seen(logits: torch.Tensor, labels: torch.Tensor, num_seen: int) -> torch.Tensor:
+    """Cross-entropy over the first ``num_seen`` classes (all classes seen so far)."""
+    return F.cross_entropy(logits[:, :num_seen].float(), labels)
+
+
+def local_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Cross-entropy restricted to the classes ``[start, stop)`` of one task ("local" CE)."""
+    return F.cross_entropy(logits[:, start:stop].float(), labels - start)

@@ -1,0 +1,199 @@
+"""The contract between the training engine and a class-incremental method.
+
+The engine owns the task loop (data, optimiser, schedule, phases, evaluation, logging,
+checkpoints). A method only says, per task:
+
+* :meth:`Method.prepare_task` - work before the task, with the model as it was at the end
+  of the previous task (snapshot the old model, train a synthesizer, ...);
+* :meth:`Method.phases` - which training phases run (a head-only phase with a frozen
+  eval-mode backbone is one :class:`Phase` with ``trainable="heads"``);
+* :meth:`Method.training_step` - the loss of one real batch as named, weighted
+  :class:`Loss` terms (the engine sums, back-propagates and logs each term);
+* :meth:`Method.aux_modules` - learnable modules of its own that join the optimiser;
+* :meth:`Method.state_dict` / :meth:`Method.load_state_dict` - everything needed to resume
+  mid-task (old model, synthesizer, auxiliary modules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+
+from dfcil.augment import Normalizer
+from dfcil.config import TrainConfig
+from dfcil.models import IncrementalClassifier, frozen_copy
+from dfcil.scenario import Task
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a method that has none."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase of a task (optimiser and schedule are created anew for each)."""
+
+    name: str
+    epochs: int
+    lr: float
+    schedule: Literal["multistep", "cosine", "constant"] = "constant"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    trainable: Literal["all", "heads"] = "all"  # "heads": backbone frozen and in eval mode
+
+    @staticmethod
+    def main(train: TrainConfig, name: str = "main") -> "Phase":
+        """The phase described by the ``train`` section of the config."""
+        return Phase(
+            name=name,
+            epochs=train.epochs,
+            lr=train.lr,
+            schedule=train.schedule,
+            milestones=tuple(train.milestones),
+            gamma=train.gamma,
+        )
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A named loss term: the engine minimises the sum of ``weight * value``."""
+
+    value: torch.Tensor
+    weight: float = 1.0
+
+
+@dataclass
+class Batch:
+    """A batch of real training images of the current task (or union, for ``joint``)."""
+
+    images: torch.Tensor  # augmented, normalised float (N, 3, H, W) on the device
+    labels: torch.Tensor  # labels remapped to class-order positions, int64 (N,)
+
+
+@dataclass
+class StepResult:
+    """Loss terms of one step, plus all-seen logits of the real images for running accuracy."""
+
+    losses: dict[str, Loss]
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class RunEnv:
+    """What a method may use from the run: device, precision, RNG and a model factory."""
+
+    device: torch.device
+    precision: Literal["bf16", "fp32"]
+    channels_last: bool
+    normalizer: Normalizer
+    generator: torch.Generator  # random numbers on ``device`` (sampling noise, ...)
+    train: TrainConfig
+    make_model: Callable[[Sequence[int]], IncrementalClassifier]  # head sizes -> model on device
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on the run's device when ``precision`` is bf16, else a no-op."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class Method:
+    """Base class of every method; subclasses set ``name``, ``description`` and ``Options``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any, env: RunEnv) -> None:
+        self.options = options
+        self.env = env
+
+    # --- task structure -------------------------------------------------------------------
+    def train_label_range(self, task: Task) -> tuple[int, int]:
+        """Labels whose real training images are available in ``task`` (default: its own)."""
+        return task.start, task.stop
+
+    def resets_model(self, task: Task) -> bool:
+        """Whether the engine re-initialises the model before ``task`` (offline upper bound)."""
+        return False
+
+    def phases(self, task: Task) -> list[Phase]:
+        """Training phases of ``task``; default: the main phase from the config."""
+        return [Phase.main(self.env.train)]
+
+    # --- hooks ----------------------------------------------------------------------------
+    def prepare_task(self, model: IncrementalClassifier, task: Task) -> None:
+        """Called once before ``task``, while ``model`` still has only the old heads."""
+
+    def on_epoch_start(self, model: IncrementalClassifier, task: Task, phase: Phase, epoch: int) -> None:
+        """Called before each epoch (1-based) of each phase."""
+
+    def finish_task(self, model: IncrementalClassifier, task: Task) -> None:
+        """Called after the last phase of ``task``, before evaluation."""
+
+    def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
+        """Loss terms for one batch. Runs under the engine's autocast context."""
+        raise NotImplementedError
+
+    def aux_modules(self) -> nn.Module | None:
+        """Learnable modules owned by the method, optimised in phases with ``trainable="all"``."""
+        return None
+
+    # --- resumable state --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Method state needed to resume mid-task."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class OldModel:
+    """The frozen model of the end of the previous task (eval mode, no gradients).
+
+    Holds ``None`` during the first task. Serialises to its head sizes and weights so that a
+    resumed run rebuilds exactly the same teacher.
+    """
+
+    def __init__(self) -> None:
+        self.model: IncrementalClassifier | None = None
+
+    def snapshot(self, model: IncrementalClassifier) -> None:
+        """Freeze a copy of ``model`` (or clear it when the model has no head yet)."""
+        self.model = frozen_copy(model) if model.num_tasks > 0 else None
+
+    def __call__(self, images: torch.Tensor) -> Any:
+        """Forward of the frozen model without gradients."""
+        assert self.model is not None, "no old model during the first task"
+        with torch.no_grad():
+            return self.model(images)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Head sizes and weights, or None."""
+        if self.model is None:
+            return None
+        sizes = [b - a for a, b in zip(self.model.task_offsets[:-1], self.model.task_offsets[1:])]
+        return {"head_sizes": sizes, "weights": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any] | None, env: RunEnv) -> None:
+        """Rebuild the frozen model from :meth:`state_dict`."""
+        if state is None:
+            self.model = None
+            return
+        model = env.make_model(state["head_sizes"])
+        model.load_state_dict(state["weights"])
+        self.model = frozen_copy(model)
+
+
+def parameters_of(modules: Iterator[nn.Module]) -> list[nn.Parameter]:
+    """All parameters of several modules, without duplicates."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for parameter in module.parameters():
+            seen.setdefault(id(parameter), parameter)
+    return list(seen.values())

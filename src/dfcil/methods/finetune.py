@@ -1,0 +1,20 @@
+"""Finetune ("Base" in ABD, lower bound): cross-entropy over all seen classes on real data."""
+
+from __future__ import annotations
+
+from dfcil.losses import cross_entropy_seen
+from dfcil.methods.base import Batch, Loss, Method, Phase, StepResult
+from dfcil.models import IncrementalClassifier
+from dfcil.scenario import Task
+
+
+class Finetune(Method):
+    """Trains on each new task's data with plain CE; nothing protects old classes."""
+
+    name = "finetune"
+    description = "lower bound: cross-entropy over all seen classes on the new task's data only"
+
+    def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
+        """CE over the classes seen so far."""
+        logits = model(batch.images).logits
+        return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)

@@ -1,0 +1,58 @@
+"""Backbones and the incremental classifier.
+
+Backbones are built by name through :func:`build_backbone`; each returns an
+``nn.Module`` whose ``forward(x)`` gives the pooled penultimate feature
+``(N, feature_dim)`` and which has an int attribute ``feature_dim``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+
+from .frozen import frozen_copy
+from .incremental import IncrementalClassifier, ModelOutput
+from .resnet import resnet18
+from .resnet_cifar import resnet32, resnet34_cifar
+
+#: Read-only registry of backbone factories. ``"resnet32"`` takes ``variant``
+#: (``"rdfcil"`` | ``"abd"``), ``"resnet18"`` takes ``stem`` (``"imagenet"`` |
+#: ``"small"``), ``"resnet34"`` (CIFAR stem) takes no option.
+BACKBONES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
+    {
+        "resnet32": resnet32,
+        "resnet18": resnet18,
+        "resnet34": resnet34_cifar,
+    }
+)
+
+
+def build_backbone(name: str, **options: Any) -> nn.Module:
+    """Build the backbone registered as ``name`` with keyword ``options``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`BACKBONES` (the message lists the
+            known names), or an option has an invalid value.
+        TypeError: an option the factory does not accept.
+    """
+    try:
+        factory = BACKBONES[name]
+    except KeyError:
+        known = ", ".join(sorted(BACKBONES))
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {known}") from None
+    return factory(**options)
+
+
+__all__ = [
+    "BACKBONES",
+    "IncrementalClassifier",
+    "ModelOutput",
+    "build_backbone",
+    "frozen_copy",
+    "resnet18",
+    "resnet32",
+    "resnet34_cifar",
+]

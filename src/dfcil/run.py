@@ -1,0 +1,172 @@
+"""Run directories: create or resume one, check it belongs to the config, record provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from dfcil import __version__
+from dfcil.atomic import write_json, write_text
+from dfcil.config import Config, apply_overrides, config_to_dict, fingerprint, load_config, load_yaml_tree, parse_config
+from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
+from dfcil.engine import checkpoint as ckpt
+from dfcil.errors import ConfigError, RunDirError
+
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+
+
+def git_commit(path: Path) -> str | None:
+    """Commit of the git checkout containing ``path`` (``+dirty`` if modified), or None."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True,
+            timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine_description(device: str) -> dict[str, Any]:
+    """What the run ran on."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available() and device != "cpu":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def default_run_dir(config_path: Path | None, config: Config) -> Path:
+    """``runs/<config>-<method>-<seed>-<timestamp>`` under the current directory."""
+    stem = config_path.stem if config_path else "run"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stem}-{config.method_name}-s{config.seed}-{stamp}"
+
+
+def load_upper_bound(path: str | None) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a complete ``joint`` run (a run directory or the file itself)."""
+    if path is None:
+        return None
+    file = Path(path)
+    if file.is_dir():
+        file = file / "metrics.json"
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"runtime.upper_bound: cannot read {file}: {error}") from None
+    if data.get("method") != "joint" or not data.get("complete"):
+        raise ConfigError(f"runtime.upper_bound: {file} is not the result of a complete joint run")
+    return data
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str | None:
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}.{key}" if prefix else key
+        if key == "runtime" and not prefix:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _config_diff(va, vb, path)
+            if found:
+                return found
+        elif va != vb:
+            return f"{path}: {va!r} in the run directory, {vb!r} requested"
+    return None
+
+
+def prepare(
+    config_path: Path | None, run_dir: Path | None, overrides: list[str], resume: Path | None
+) -> tuple[Config, Path, ckpt.Checkpoint | None]:
+    """Resolve the config and run directory of ``dfcil run``; refuse mismatched resumes."""
+    if resume is not None:
+        saved_file = resume / CONFIG_FILE
+        if not saved_file.exists():
+            raise RunDirError(f"{resume} is not a dfcil run directory (no {CONFIG_FILE})")
+        saved = parse_config(load_yaml_tree(saved_file))
+        if config_path is not None:
+            config = load_config(config_path, overrides)
+        else:
+            config = parse_config(apply_overrides(config_to_dict(saved), overrides))
+        if fingerprint(config) != fingerprint(saved):
+            diff = _config_diff(config_to_dict(saved), config_to_dict(config))
+            raise RunDirError(f"refusing to resume {resume} with a different config ({diff})")
+        return config, resume, ckpt.load(resume, config)
+    if config_path is None:
+        raise ConfigError("dfcil run: give a CONFIG file or --resume RUN_DIR")
+    config = load_config(config_path, overrides)
+    run_dir = run_dir or default_run_dir(config_path, config)
+    if (run_dir / CONFIG_FILE).exists():
+        raise RunDirError(f"{run_dir} already holds a run: continue it with `dfcil run --resume {run_dir}` or choose another -o")
+    return config, run_dir, None
+
+
+def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None) -> dict[str, Any]:
+    """Load data, write the run's config and provenance, train, and return the metrics."""
+    from dfcil.engine.trainer import Trainer
+
+    metrics_file = run_dir / "metrics.json"
+    if checkpoint is not None and metrics_file.exists():
+        done = json.loads(metrics_file.read_text())
+        if done.get("complete"):
+            print(f"[dfcil] {run_dir} is already complete", file=sys.stderr)
+            return done
+    upper = load_upper_bound(config.runtime.upper_bound)
+    root = resolve_data_root(config.data.root)
+    dataset = load_dataset(
+        config.data.dataset, root, default_cache_dir(), image_size=config.data.image_size,
+        download=config.data.download, progress=config.runtime.progress,
+    )
+    trainer = Trainer(config, run_dir, dataset, upper_bound=_upper_accuracies(upper, config, dataset))
+    if checkpoint is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    sessions = []
+    run_file = run_dir / RUN_FILE
+    if run_file.exists():
+        sessions = json.loads(run_file.read_text()).get("sessions", [])
+    sessions.append(
+        {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(shlex.quote(a) for a in sys.argv),
+            "commit": git_commit(Path(__file__).resolve().parent),
+            "dfcil": __version__,
+            "machine": machine_description(str(trainer.device)),
+            "device": str(trainer.device),
+            "data": dataset.source,
+            "resumed_from": None if checkpoint is None else vars(checkpoint.position),
+        }
+    )
+    write_json(run_file, {"fingerprint": fingerprint(config), "sessions": sessions})
+    return trainer.run(resume=checkpoint)
+
+
+def _upper_accuracies(upper: dict[str, Any] | None, config: Config, dataset: Any) -> list[float] | None:
+    if upper is None:
+        return None
+    from dfcil.scenario import build_scenario
+
+    scenario = build_scenario(config.scenario, dataset.num_classes)
+    tasks = [scenario.order[t.start : t.stop] for t in scenario.tasks]
+    if upper.get("class_order") != scenario.order or upper.get("tasks") != tasks:
+        raise ConfigError("runtime.upper_bound: that joint run used a different class order or split")
+    return [float(a) for a in upper["accuracy_per_step"]]

@@ -1,0 +1,79 @@
+"""Config loading: extends, --set overrides, strict keys, types and ranges, split checks."""
+
+from pathlib import Path
+
+import pytest
+
+from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
+from dfcil.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        config = load_config(path)
+        assert config.train.epochs >= 1, path
+
+
+def test_extends_and_overrides():
+    config = load_config(CONFIGS / "cifar100" / "b0_n5.yaml", ["method.name=lwf", "train.epochs=3", "method.temperature=4"])
+    assert config.scenario.num_tasks == 5
+    assert config.train.epochs == 3
+    assert config.train.milestones == [80, 120]
+    assert config.method == {"name": "lwf", "temperature": 4}
+
+
+def test_switching_method_drops_other_options():
+    data = apply_overrides({"method": {"name": "lwf", "temperature": 3.0}}, ["method.name=finetune"])
+    assert data["method"] == {"name": "finetune"}
+    parse_config(data)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.epoch=3"], "unknown config key 'train.epoch'"),
+        (["bogus=1"], "unknown config key 'bogus'"),
+        (["train.epochs=abc"], "train.epochs: expected an integer"),
+        (["train.lr=-0.1"], "train.lr: must be > 0"),
+        (["train.precision=fp16"], "train.precision: expected one of"),
+        (["train.milestones=[120, 80]"], "train.milestones"),
+        (["method.name=nope"], "unknown method 'nope'"),
+        (["method.name=lwf", "method.temperature=0"], "method.temperature: must be > 0"),
+        (["method.name=lwf", "method.tempreature=2"], "unknown config key 'method.tempreature'"),
+        (["scenario.num_tasks=7"], "cannot be split into 7 equal tasks"),
+        (["scenario.num_tasks=101"], "101 tasks for only 100 classes"),
+        (["scenario.base_classes=50", "scenario.num_tasks=4"], "cannot be split into 3 equal tasks"),
+        (["scenario.base_classes=100", "scenario.num_tasks=2"], "leaves no class"),
+        (["scenario.subset=200"], "needs 200 classes but the dataset has 100"),
+        (["runtime.device=tpu"], "runtime.device"),
+        (["data.dataset=mnist"], "data.dataset: expected one of"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(CONFIGS / "cifar100" / "base.yaml", overrides)
+
+
+def test_set_requires_key_value():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_fingerprint_ignores_runtime_only():
+    base = load_config(CONFIGS / "smoke.yaml")
+    assert fingerprint(base) == fingerprint(load_config(CONFIGS / "smoke.yaml", ["runtime.progress=false"]))
+    assert fingerprint(base) != fingerprint(load_config(CONFIGS / "smoke.yaml", ["seed=1"]))
+
+
+def test_extends_cycle_and_bad_yaml(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml_tree(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_yaml_tree(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_yaml_tree(tmp_path / "missing.yaml")
