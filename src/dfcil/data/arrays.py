@@ -11,9 +11,9 @@ import numpy as np
 from dfcil.errors import DataError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageArrays:
-    """One split of a dataset.
+    """One split of a dataset (compared and hashed by identity: it wraps arrays).
 
     ``images`` is uint8 with shape (N, H, W, 3) in RGB order (it may be a read-only
     ``np.memmap`` for very large datasets); ``labels`` is int64 with shape (N,).
@@ -37,9 +37,12 @@ class ImageArrays:
         return int(self.labels.shape[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DatasetArrays:
-    """A whole decoded dataset: both splits, class names and normalisation constants."""
+    """A whole decoded dataset: both splits, class names and normalisation constants.
+
+    Compared and hashed by identity, like :class:`ImageArrays`.
+    """
 
     name: str
     train: ImageArrays
@@ -55,7 +58,7 @@ class DatasetArrays:
         return len(self.class_names)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DecodedSplits:
     """What a dataset decoder hands to the cache: both splits and the class names.
 

@@ -145,13 +145,19 @@ def _read(entry: Path, key: CacheKey) -> DatasetArrays:
 def read_cache(entry: Path, key: CacheKey, *, quiet: bool = False) -> DatasetArrays | None:
     """Return the cached dataset, or None if ``entry`` is absent or invalid.
 
-    An entry that exists but fails a check gets one warning line on stderr (unless
+    An entry holding files but failing a check gets one warning line on stderr (unless
     ``quiet``) naming the reason; the caller then rebuilds it.
     """
     if not entry.is_dir():
         return None
+    if not (entry / MANIFEST).exists() and not any(entry.glob("*.npy")):
+        return None  # nothing was ever written here (e.g. an earlier build failed early)
     try:
         return _read(entry, key)
+    except OSError as exc:
+        if not quiet:
+            _warn(f"dataset cache {entry} is unreadable ({' '.join(str(exc).split())}); rebuilding")
+        return None
     except _Invalid as exc:
         if not quiet:
             _warn(f"dataset cache {entry} is unusable ({exc}); rebuilding")
@@ -223,8 +229,7 @@ def build_cache(entry: Path, key: CacheKey, decode: Callable[[Allocator], Decode
     """Decode via ``decode(allocate)``, write the arrays, then the manifest; return the data.
 
     ``mean``/``std`` are used unless the decoder measured its own (it must, if they are
-    None). Call under
-    :func:`build_lock`.
+    None). Call under :func:`build_lock`.
     """
     entry.mkdir(parents=True, exist_ok=True)
     _clear(entry)

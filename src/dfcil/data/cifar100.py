@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dfcil.data.archive import iter_archive, member_parts
 from dfcil.data.arrays import Allocator, DecodedSplits, ImageArrays, Source
 from dfcil.data.checksum import file_digest
 from dfcil.data.download import download as fetch
@@ -145,16 +146,13 @@ def _read_pickle_tar(path: Path) -> dict[str, bytes]:
         raise DataError(f"cifar100: {path} has md5 {actual}, expected {MD5} (not the official archive)")
     wanted = {f"{PICKLE_DIR}/{name}": name for name in PICKLE_FILES}
     found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, mode="r|gz") as tar:
-            for member in tar:
-                key = wanted.get(member.name.lstrip("./"))
-                if key is not None and member.isfile():
-                    handle = tar.extractfile(member)
-                    assert handle is not None
-                    found[key] = handle.read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"cifar100: cannot read archive {path}: {' '.join(str(exc).split())}") from exc
+
+    def want(member: tarfile.TarInfo) -> bool:
+        return "/".join(member_parts(member.name)) in wanted
+
+    for member, data in iter_archive(path, want):
+        if data is not None:
+            found[wanted["/".join(member_parts(member.name))]] = data
     for member, name in wanted.items():
         if name not in found:
             raise DataError(f"cifar100: archive {path} has no member {member}")

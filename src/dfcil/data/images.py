@@ -12,6 +12,7 @@ from PIL import Image
 from dfcil.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+_BILINEAR = getattr(Image, "Resampling", Image).BILINEAR  # Pillow < 9.1 has no Resampling
 
 
 def is_image_name(name: str) -> bool:
@@ -62,7 +63,7 @@ def _fit(image: Image.Image, geometry: Geometry) -> Image.Image:
     else:
         new_w, new_h = int(short * width / height), short
     if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        image = image.resize((new_w, new_h), _BILINEAR)
     size = geometry.size
     if (new_w, new_h) != (size, size):
         left = int(round((new_w - size) / 2.0))
@@ -77,7 +78,10 @@ def decode_image(source: Path | bytes, geometry: Geometry, name: str | None = No
     ``name`` is what error messages call the image (defaults to the path). Any decoding
     failure raises ``DataError("cannot decode image <name>: <reason>")``.
     """
-    label = name if name is not None else str(source)
+    if name is not None:
+        label = name
+    else:
+        label = "<in-memory image>" if isinstance(source, bytes) else str(source)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(handle) as image:

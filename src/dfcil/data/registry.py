@@ -7,7 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 from dfcil.data import cifar100, imagefolder, imagenet100, tiny_imagenet
-from dfcil.data.arrays import DatasetArrays
+from dfcil.data.arrays import DatasetArrays, Source
 from dfcil.data.cache import CacheKey, build_cache, build_lock, read_cache
 from dfcil.data.images import Geometry
 from dfcil.data.signature import source_signature
@@ -80,20 +80,23 @@ def load_dataset(name: str, root: Path, cache_dir: Path, *, image_size: int | No
     if not root.exists() and not (download and name == "cifar100"):
         raise DataError(f"{name}: data root {root} does not exist")
     source = spec.module.locate(root, download=download, progress=progress)
-    source = type(source)(source.path.resolve(), source.layout)
+    source = Source(source.path.resolve(), source.layout)
     key = CacheKey(name, source, source_signature(source.path, exclude=cache_dir), size)
     entry = key.directory(cache_dir)
     cached = read_cache(entry, key)
     if cached is not None:
         return cached
     geometry = spec.geometry(size)
-    with build_lock(entry):
-        cached = read_cache(entry, key, quiet=True)  # another process may have just built it
-        if cached is not None:
-            return cached
-        return build_cache(
-            entry, key,
-            lambda allocate: spec.module.decode(source, geometry, allocate, progress),
-            spec.mean, spec.std,
-        )
-
+    try:
+        with build_lock(entry):
+            cached = read_cache(entry, key, quiet=True)  # another process may have just built it
+            if cached is not None:
+                return cached
+            return build_cache(
+                entry, key,
+                lambda allocate: spec.module.decode(source, geometry, allocate, progress),
+                spec.mean, spec.std,
+            )
+    except OSError as exc:  # e.g. an unwritable cache dir or an unreadable source folder
+        raise DataError(f"{name}: I/O error while building dataset cache {entry}: "
+                        f"{' '.join(str(exc).split())}") from exc

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfcil.data.archive import iter_archive, member_parts
 from dfcil.data.arrays import Allocator, ImageArrays
 from dfcil.data.images import Geometry, is_image_name
 from dfcil.data.parallel import decode_files, decode_stream
@@ -57,10 +58,6 @@ def list_directory(base: Path) -> Listing:
     return listing
 
 
-def _archive_parts(name: str) -> list[str]:
-    return [part for part in name.split("/") if part not in ("", ".")]
-
-
 class _ArchiveReader:
     """Walks a tar once, yielding image bytes keyed by (split, class, file) for the decoder."""
 
@@ -88,22 +85,22 @@ class _ArchiveReader:
         return rest
 
     def items(self) -> Iterator[tuple[tuple[str, str, str], bytes, str]]:
-        try:
-            with tarfile.open(self.archive, mode="r|*") as tar:
-                for member in tar:
-                    rest = self._locate(_archive_parts(member.name))
-                    if rest is None:
-                        continue
-                    split, cls = rest[0], rest[1]
-                    if member.isdir() and len(rest) == 2:
-                        self.listing[split].setdefault(cls, [])
-                    elif member.isfile() and len(rest) == 3 and is_image_name(rest[2]):
-                        handle = tar.extractfile(member)
-                        assert handle is not None
-                        self.listing[split].setdefault(cls, []).append(rest[2])
-                        yield (split, cls, rest[2]), handle.read(), f"{self.archive}:{member.name}"
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"cannot read archive {self.archive}: {' '.join(str(exc).split())}") from exc
+        """Yield ``((split, class, file), bytes, display_name)`` for every image member."""
+
+        def want(member: tarfile.TarInfo) -> bool:
+            rest = self._locate(member_parts(member.name))
+            return rest is not None and len(rest) == 3 and is_image_name(rest[2])
+
+        for member, data in iter_archive(self.archive, want):
+            rest = self._locate(member_parts(member.name))
+            if rest is None:
+                continue
+            split, cls = rest[0], rest[1]
+            if member.isdir() and len(rest) == 2:
+                self.listing[split].setdefault(cls, [])
+            elif data is not None:
+                self.listing[split].setdefault(cls, []).append(rest[2])
+                yield (split, cls, rest[2]), data, f"{self.archive}:{member.name}"
 
 
 def check_classes(listing: Listing, origin: Path, dataset: str,

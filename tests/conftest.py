@@ -1,0 +1,38 @@
+"""Shared fixtures: the real CIFAR-100 copy from ../shared/data and a per-session cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def real_data_root() -> Path | None:
+    """Directory holding cifar100-jpg.tar.gz: $DFCIL_DATA, else ../shared/data beside the checkout."""
+    candidates = [os.environ.get("DFCIL_DATA"), str(REPO.parent / "shared" / "data")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "cifar100-jpg.tar.gz").exists():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def cifar_env(tmp_path_factory) -> dict[str, str]:
+    """Environment variables that point dfcil at the real CIFAR-100 copy and a session cache."""
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real CIFAR-100 archive not found (set DFCIL_DATA or put ../shared/data beside the repo)")
+    cache = tmp_path_factory.mktemp("dfcil-cache")
+    return {"DFCIL_DATA": str(root), "DFCIL_CACHE": str(cache)}
+
+
+@pytest.fixture
+def cifar(cifar_env, monkeypatch) -> dict[str, str]:
+    """``cifar_env`` applied to this process's environment."""
+    for key, value in cifar_env.items():
+        monkeypatch.setenv(key, value)
+    return cifar_env

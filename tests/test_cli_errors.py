@@ -1,0 +1,93 @@
+"""Bad input ends with one clear line and exit status 2, and never damages earlier results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dfcil.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SMOKE = str(CONFIGS / "smoke.yaml")
+QUIET = ["--set", "runtime.progress=false"]
+
+
+def fails(args: list[str], capsys, needle: str) -> None:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("dfcil: error: "), err
+    assert needle in err, err
+
+
+def test_methods_lists_baselines(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("finetune", "lwf", "joint"):
+        assert any(line.startswith(name) and len(line.split()) > 2 for line in out.splitlines())
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", SMOKE, "--set", "train.epochz=2"], "unknown config key 'train.epochz'"),
+        (["run", SMOKE, "--set", "train.batch_size=1"], "train.batch_size: must be >= 2"),
+        (["run", SMOKE, "--set", "scenario.num_tasks=3"], "cannot be split into 3 equal tasks"),
+        (["run", "/nonexistent/config.yaml"], "cannot read config"),
+        (["run"], "give a CONFIG file or --resume"),
+        (["run", "--resume", "/nonexistent/run"], "is not a dfcil run directory"),
+    ],
+)
+def test_config_errors(args, needle, capsys, tmp_path):
+    fails(args + ["-o", str(tmp_path / "out")] if "--resume" not in args else args, capsys, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_root(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("DFCIL_DATA", raising=False)
+    fails(["run", SMOKE, "-o", str(tmp_path / "out"), *QUIET], capsys, "DFCIL_DATA")
+    fails(["run", SMOKE, "-o", str(tmp_path / "out"), "--set", f"data.root={tmp_path}", *QUIET], capsys, "cifar")
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_directory_protection(cifar, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["run", SMOKE, "-o", str(run_dir), *QUIET]) == 0
+    capsys.readouterr()
+    before = (run_dir / "metrics.json").read_bytes()
+
+    fails(["run", SMOKE, "-o", str(run_dir), *QUIET], capsys, "already holds a run")
+    fails(["run", "--resume", str(run_dir), "--set", "train.lr=0.2"], capsys, "train.lr: 0.05 in the run directory, 0.2 requested")
+    fails(["run", SMOKE, "--resume", str(run_dir), "--set", "seed=3"], capsys, "seed: 0 in the run directory, 3 requested")
+    assert (run_dir / "metrics.json").read_bytes() == before
+
+    # a checkpoint copied in from another run is refused
+    other = tmp_path / "other"
+    assert main(["run", SMOKE, "-o", str(other), "--set", "seed=1", *QUIET]) == 0
+    capsys.readouterr()
+    (run_dir / "metrics.json").unlink()
+    shutil.copy(other / "checkpoints" / "last.pt", run_dir / "checkpoints" / "last.pt")
+    fails(["run", "--resume", str(run_dir)], capsys, "belongs to another run")
+
+    # a truncated checkpoint is reported, not trained over
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"\x80\x02garbage")
+    fails(["run", "--resume", str(run_dir)], capsys, "cannot read checkpoint")
+
+
+def test_corrupt_image_is_named(capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "ok.png")
+    (tmp_path / "data" / "train" / "b" / "broken.jpg").write_bytes(b"not a jpeg")
+    monkeypatch.setenv("DFCIL_CACHE", str(tmp_path / "cache"))
+    args = ["run", SMOKE, "-o", str(tmp_path / "out"), "--set", f"data.root={tmp_path / 'data'}",
+            "--set", "data.dataset=imagefolder", "--set", "data.image_size=32", "--set", "scenario.subset=2", *QUIET]
+    fails(args, capsys, "broken.jpg")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,77 @@
+"""Real CIFAR-100 runs through the command line: learning happens, metrics are consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dfcil.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("method", ["finetune", "lwf", "joint"])
+def test_smoke_run_learns(method, cifar, tmp_path, capsys):
+    run_dir = tmp_path / method
+    code, out, err = run_cli(
+        ["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", f"method.name={method}",
+         "--set", "train.epochs=3", "--set", "runtime.progress=false"],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["run_dir"] == str(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["method"] == method
+    assert metrics["class_order"] == [23, 8, 11, 7] and metrics["tasks"] == [[23, 8], [11, 7]]
+    matrix = metrics["accuracy_matrix"]
+    assert matrix[0][1] is None and len(metrics["accuracy_per_step"]) == 2
+    # Task 1 is a 2-class problem (chance 50 %): learning must be well above chance.
+    assert metrics["accuracy_per_step"][0] > 70.0
+    # After task 2 the new classes are learned well above the 4-class chance level.
+    assert metrics["old_new_accuracy"][1]["new"] > 60.0
+    assert metrics["last_accuracy"] == metrics["accuracy_per_step"][-1]
+    assert metrics["forgetting"] == pytest.approx(matrix[0][0] - matrix[1][0])
+    if method == "joint":
+        # the upper bound keeps the old classes
+        assert metrics["old_new_accuracy"][1]["old"] > 60.0
+        assert metrics["last_accuracy"] > 60.0
+    if method == "finetune":
+        # finetune forgets: old-class accuracy collapses far below the new one
+        assert metrics["old_new_accuracy"][1]["old"] < metrics["old_new_accuracy"][1]["new"] - 30.0
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if r["event"] == "epoch"]
+    assert [(r["task"], r["epoch"]) for r in epochs] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert all(r["images_per_s"] > 0 and "ce" in r["losses"] for r in epochs)
+    if method == "lwf":
+        assert "kd" not in epochs[0]["losses"] and epochs[3]["losses"]["kd"] > 0
+    assert (run_dir / "checkpoints" / "task_2.pt").exists()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "log.jsonl", "metrics.json", "run.json"]
+
+
+def test_omega_from_a_joint_run(cifar, tmp_path, capsys):
+    common = ["--set", "runtime.progress=false", "--set", "train.epochs=1"]
+    assert run_cli(["run", str(CONFIGS / "smoke.yaml"), "-o", str(tmp_path / "ub"), "--set", "method.name=joint", *common], capsys)[0] == 0
+    code, out, err = run_cli(
+        ["run", str(CONFIGS / "smoke.yaml"), "-o", str(tmp_path / "ft"), "--set", f"runtime.upper_bound={tmp_path / 'ub'}", *common],
+        capsys,
+    )
+    assert code == 0, err
+    ub = json.loads((tmp_path / "ub" / "metrics.json").read_text())
+    ft = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    expected = 100 * sum(a / b for a, b in zip(ft["accuracy_per_step"], ub["accuracy_per_step"])) / 2
+    assert ft["omega"] == pytest.approx(expected)
+    # an upper bound of another scenario is refused
+    code, _, err = run_cli(
+        ["run", str(CONFIGS / "smoke.yaml"), "-o", str(tmp_path / "bad"), "--set", "scenario.order_seed=1",
+         "--set", f"runtime.upper_bound={tmp_path / 'ub'}", *common],
+        capsys,
+    )
+    assert code == 2 and "different class order" in err
