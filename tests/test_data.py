@@ -187,9 +187,9 @@ def imagenet_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_cifar_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Cache dir shared by every test that decodes the real CIFAR-100 archive."""
-    return tmp_path_factory.mktemp("real_cifar_cache")
+def real_cifar_cache(cifar_env: dict[str, str]) -> Path:
+    """The session cache of conftest's ``cifar_env``, shared with the end-to-end tests."""
+    return Path(cifar_env["DFCIL_CACHE"])
 
 
 # ----------------------------------------------------------------------------- paths and arguments

@@ -23,7 +23,7 @@ def test_smoke_run_learns(method, cifar, tmp_path, capsys):
     run_dir = tmp_path / method
     code, out, err = run_cli(
         ["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", f"method.name={method}",
-         "--set", "train.epochs=3", "--set", "runtime.progress=false"],
+         "--set", "train.epochs=5", "--set", "runtime.progress=false"],
         capsys,
     )
     assert code == 0, err
@@ -34,24 +34,25 @@ def test_smoke_run_learns(method, cifar, tmp_path, capsys):
     matrix = metrics["accuracy_matrix"]
     assert matrix[0][1] is None and len(metrics["accuracy_per_step"]) == 2
     # Task 1 is a 2-class problem (chance 50 %): learning must be well above chance.
-    assert metrics["accuracy_per_step"][0] > 70.0
-    # After task 2 the new classes are learned well above the 4-class chance level.
-    assert metrics["old_new_accuracy"][1]["new"] > 60.0
+    assert metrics["accuracy_per_step"][0] > 75.0
     assert metrics["last_accuracy"] == metrics["accuracy_per_step"][-1]
     assert metrics["forgetting"] == pytest.approx(matrix[0][0] - matrix[1][0])
     if method == "joint":
-        # the upper bound keeps the old classes
+        # the upper bound keeps the old classes: far above the 4-class chance level of 25 %
         assert metrics["old_new_accuracy"][1]["old"] > 60.0
-        assert metrics["last_accuracy"] > 60.0
+        assert metrics["last_accuracy"] > 50.0
+    else:
+        # the new task's classes are learned (task-agnostic, among all 4 classes)
+        assert metrics["old_new_accuracy"][1]["new"] > 65.0
     if method == "finetune":
         # finetune forgets: old-class accuracy collapses far below the new one
         assert metrics["old_new_accuracy"][1]["old"] < metrics["old_new_accuracy"][1]["new"] - 30.0
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in log if r["event"] == "epoch"]
-    assert [(r["task"], r["epoch"]) for r in epochs] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert [(r["task"], r["epoch"]) for r in epochs] == [(t, e) for t in (1, 2) for e in range(1, 6)]
     assert all(r["images_per_s"] > 0 and "ce" in r["losses"] for r in epochs)
     if method == "lwf":
-        assert "kd" not in epochs[0]["losses"] and epochs[3]["losses"]["kd"] > 0
+        assert "kd" not in epochs[0]["losses"] and epochs[5]["losses"]["kd"] > 0
     assert (run_dir / "checkpoints" / "task_2.pt").exists()
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "log.jsonl", "metrics.json", "run.json"]
 
