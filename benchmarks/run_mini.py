@@ -1,0 +1,112 @@
+"""Run methods on the cifar100-mini protocol and record their results in the repository.
+
+For each method: ``dfcil run configs/mini.yaml --set method.name=<method>`` into
+``runs/mini/<method>-s<seed>`` (resumed if it exists), then copies ``metrics.json``,
+``config.yaml``, ``run.json`` and ``log.jsonl`` to ``benchmarks/results/mini/<method>-s<seed>/``
+and rewrites the summary table ``benchmarks/results/mini/README.md`` from every result there.
+``joint`` runs first when listed, and its accuracies give the others Omega.
+
+Usage::
+
+    DFCIL_DATA=../shared/data python benchmarks/run_mini.py joint finetune lwf [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from dfcil.atomic import write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "mini"
+KEPT_FILES = ("metrics.json", "config.yaml", "run.json", "log.jsonl")
+
+
+def run_method(method: str, seed: int, runs: Path, extra: list[str]) -> Path:
+    """Run (or resume) one method; return its run directory."""
+    run_dir = runs / f"{method}-s{seed}"
+    args = [sys.executable, "-m", "dfcil", "run"]
+    if (run_dir / "config.yaml").exists():
+        args += ["--resume", str(run_dir)]
+    else:
+        args += [str(ROOT / "configs" / "mini.yaml"), "-o", str(run_dir), "--set", f"method.name={method}",
+                 "--set", f"seed={seed}", "--set", "runtime.progress=false",
+                 *[arg for item in extra for arg in ("--set", item)]]
+    joint = runs / f"joint-s{seed}"
+    if method != "joint" and (joint / "metrics.json").exists() and "--resume" not in args:
+        args += ["--set", f"runtime.upper_bound={joint}"]
+    print("+", " ".join(args), flush=True)
+    subprocess.run(args, check=True)
+    return run_dir
+
+
+def summarize() -> str:
+    """Markdown table of every result under ``benchmarks/results/mini``."""
+    rows = []
+    for metrics_file in sorted(RESULTS.glob("*/metrics.json")):
+        metrics = json.loads(metrics_file.read_text())
+        run = json.loads((metrics_file.parent / "run.json").read_text())
+        session = run["sessions"][-1]
+        steps = " / ".join(f"{a:.1f}" for a in metrics["accuracy_per_step"])
+        omega = f"{metrics['omega']:.1f}" if "omega" in metrics else "-"
+        forgetting = "-" if metrics["forgetting"] is None else f"{metrics['forgetting']:.1f}"
+        rows.append(
+            f"| {metrics['method']} | {metrics['seed']} | {metrics['last_accuracy']:.2f} | "
+            f"{metrics['average_incremental_accuracy']:.2f} | {forgetting} | {omega} | {steps} | "
+            f"{metrics['wall_time_s'] / 60:.1f} | `{(session['commit'] or '?')[:12]}` |"
+        )
+    machine = ""
+    if rows:
+        first = json.loads(next(iter(sorted(RESULTS.glob("*/run.json")))).read_text())["sessions"][-1]
+        m = first["machine"]
+        machine = f"{m['processor']}, {m['cpu_count']} cores, torch {m['torch']}, device {first['device']}"
+    return "\n".join(
+        [
+            "# cifar100-mini results",
+            "",
+            "Protocol: `configs/mini.yaml` (ResNet-32, ABD class order seed 0, first 20 CIFAR-100 classes,",
+            "4 tasks of 5, 500/100 images per class, 20 epochs per task). Data: the JPEG copy of CIFAR-100",
+            "(`../shared/data/cifar100-jpg.tar.gz`; pixels differ slightly from the official release).",
+            "",
+            "Produced by `DFCIL_DATA=../shared/data python benchmarks/run_mini.py joint finetune lwf`",
+            "(each row is `dfcil run configs/mini.yaml --set method.name=<method> --set seed=<seed>`; the",
+            "non-joint runs get `--set runtime.upper_bound=<joint run>` for Omega).",
+            f"Machine: {machine}.",
+            "",
+            "| method | seed | A_N (last) | avg. incremental | forgetting | Omega | A_1 / ... / A_N | minutes | commit |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "Each directory holds the run's `metrics.json`, `config.yaml`, `run.json` (command, commit,",
+            "machine, data) and `log.jsonl` (per-epoch loss terms, lr, accuracy, images/s).",
+            "",
+        ]
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("methods", nargs="*", help="methods to run (none: only rewrite the table)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "mini")
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra overrides for new runs")
+    args = parser.parse_args()
+    methods = sorted(args.methods, key=lambda m: m != "joint")
+    for method in methods:
+        run_dir = run_method(method, args.seed, args.runs, args.extra)
+        target = RESULTS / f"{method}-s{args.seed}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in KEPT_FILES:
+            shutil.copyfile(run_dir / name, target / name)
+    write_text(RESULTS / "README.md", summarize())
+    print((RESULTS / "README.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
