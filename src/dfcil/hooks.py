@@ -1,0 +1,67 @@
+"""Forward hooks that read the inputs of every BatchNorm layer of a model.
+
+Model-inversion synthesizers (DeepInversion, ABD, R-DFCIL, MFGR, SKD) align the batch
+statistics of synthetic images with the running statistics of the frozen model. The hooks are
+registered for the duration of a ``with`` block only, so later forwards of the same model pay
+nothing (the official ABD code never removes them, which nearly doubles every later forward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BatchNormInput:
+    """Per-channel batch mean and biased variance of one BN layer's input, with its running stats."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
+
+class BatchNormInputs:
+    """``with BatchNormInputs(model) as bn: model(x); bn.stats`` -> one entry per BN layer.
+
+    Statistics are taken over (N, H, W) in float32 and keep the autograd graph, so a loss on
+    them back-propagates into whatever produced ``x``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.stats: list[BatchNormInput] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        x = inputs[0].float()
+        dims = [0] + list(range(2, x.dim()))
+        assert isinstance(module, nn.modules.batchnorm._BatchNorm)
+        assert module.running_mean is not None and module.running_var is not None
+        self.stats.append(
+            BatchNormInput(
+                mean=x.mean(dim=dims),
+                var=x.var(dim=dims, unbiased=False),
+                running_mean=module.running_mean,
+                running_var=module.running_var,
+            )
+        )
+
+    def clear(self) -> None:
+        """Forget the statistics of earlier forwards."""
+        self.stats = []
+
+    def __enter__(self) -> "BatchNormInputs":
+        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

@@ -1,0 +1,119 @@
+"""The engine on a small synthetic dataset: phases, auxiliary modules, loss terms, hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dfcil.config import parse_config
+from dfcil.data import DatasetArrays, ImageArrays
+from dfcil.engine.trainer import Trainer
+from dfcil.hooks import BatchNormInputs
+from dfcil.losses import cross_entropy_seen
+from dfcil.methods import Batch, Loss, Method, Phase, StepResult
+from dfcil.models import IncrementalClassifier, build_backbone
+
+
+def tiny_dataset(classes: int = 4, per_class: int = 16) -> DatasetArrays:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(classes), per_class).astype(np.int64)
+    # class-dependent colour so the problem is learnable
+    images = (rng.integers(0, 60, (len(labels), 32, 32, 3)) + labels[:, None, None, None] * 60).astype(np.uint8)
+    split = ImageArrays(images, labels)
+    return DatasetArrays(
+        name="tiny", train=split, test=split, class_names=[f"c{i}" for i in range(classes)],
+        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="synthetic",
+    )
+
+
+def tiny_config(**train):
+    return parse_config(
+        {
+            "data": {"dataset": "imagefolder"},
+            "scenario": {"order": "identity", "num_tasks": 2},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],
+                      "precision": "fp32", **train},
+            "runtime": {"progress": False, "device": "cpu"},
+        }
+    )
+
+
+@dataclass(frozen=True)
+class HeadPhaseOptions:
+    pass
+
+
+class HeadPhaseMethod(Method):
+    """A main phase with a learnable auxiliary scale, then a head-only phase."""
+
+    name = "test-head-phase"
+    description = "test double"
+    Options = HeadPhaseOptions
+
+    def __init__(self, options, env):
+        super().__init__(options, env)
+        self.scale = torch.nn.Linear(1, 1, bias=False)
+        self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
+
+    def aux_modules(self):
+        return self.scale
+
+    def phases(self, task):
+        return [Phase.main(self.env.train), Phase("heads", epochs=2, lr=0.05, trainable="heads")]
+
+    def on_epoch_start(self, model, task, phase, epoch):
+        if phase.name == "heads" and epoch == 1:
+            self.snapshots[f"task{task.index}"] = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+    def training_step(self, model, batch: Batch, task, phase) -> StepResult:
+        logits = model(batch.images).logits
+        ce = cross_entropy_seen(logits, batch.labels, task.num_seen)
+        losses = {"ce": Loss(ce)}
+        if phase.trainable == "all":
+            losses["aux"] = Loss((self.scale.weight.sum() - 3.0) ** 2, weight=0.5)
+        return StepResult(losses, logits)
+
+
+def test_head_phase_freezes_backbone_and_aux_modules_train(tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path, tiny_dataset())
+    trainer.method = HeadPhaseMethod(HeadPhaseOptions(), trainer.env)
+    start_scale = trainer.method.scale.weight.item()
+    metrics = trainer.run()
+    after = trainer.model.backbone.state_dict()
+    before_last_head_phase = trainer.method.snapshots["task1"]
+    for key, value in before_last_head_phase.items():
+        assert torch.equal(value, after[key]), f"{key} changed during the head-only phase"
+    # the auxiliary module was in the optimiser of the main phase
+    assert trainer.method.scale.weight.item() != start_scale
+    records = [r for r in trainer.log.records if r["event"] == "epoch"]
+    assert [(r["task"], r["phase"], r["epoch"]) for r in records] == [
+        (t, p, e) for t in (1, 2) for p in ("main", "heads") for e in (1, 2)
+    ]
+    main = records[0]
+    assert main["weights"] == {"ce": 1.0, "aux": 0.5}
+    assert abs(main["loss"] - (main["losses"]["ce"] + 0.5 * main["losses"]["aux"])) < 1e-4
+    assert "aux" not in records[2]["losses"]
+    assert metrics["complete"] and len(metrics["accuracy_per_step"]) == 2
+
+
+def test_bn_input_hooks_match_manual_statistics_and_are_removed():
+    model = IncrementalClassifier(build_backbone("resnet32", variant="abd"))
+    model.add_head(3)
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with BatchNormInputs(model) as bn:
+        model(x)
+    assert len(bn.stats) == len(bn.layers) == 31
+    first = bn.stats[0]
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    h = conv(x)
+    assert torch.allclose(first.mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first.var, h.var(dim=(0, 2, 3), unbiased=False), atol=1e-5)
+    assert torch.equal(first.running_var, bn.layers[0].running_var)
+    count = len(bn.stats)
+    model(x)  # hooks are gone after the block
+    assert len(bn.stats) == count
+    assert all(len(layer._forward_hooks) == 0 for layer in bn.layers)
