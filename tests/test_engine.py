@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dfcil.config import parse_config
 from dfcil.data import DatasetArrays, ImageArrays
@@ -117,3 +116,22 @@ def test_bn_input_hooks_match_manual_statistics_and_are_removed():
     model(x)  # hooks are gone after the block
     assert len(bn.stats) == count
     assert all(len(layer._forward_hooks) == 0 for layer in bn.layers)
+
+
+def test_image_store_host_gather_matches_resident(tmp_path):
+    from dfcil.engine.store import ImageStore, index_batches, num_batches
+
+    images = np.random.default_rng(1).integers(0, 256, (50, 4, 4, 3)).astype(np.uint8)
+    path = tmp_path / "images.npy"
+    np.save(path, images)
+    mapped = np.load(path, mmap_mode="r")
+    resident = ImageStore(images, torch.device("cpu"))
+    host = ImageStore(mapped, torch.device("cpu"))
+    assert resident.resident and not host.resident
+    index = torch.tensor([7, 3, 49, 3, 0])
+    assert torch.equal(host.gather(index), torch.from_numpy(images[[7, 3, 49, 3, 0]]))
+    assert torch.equal(resident.gather(index), host.gather(index))
+    # 9 samples in batches of 4: 4 + 4, the trailing single sample is dropped (BatchNorm)
+    batches = list(index_batches(torch.arange(9), 4, torch.Generator().manual_seed(0)))
+    assert [len(b) for b in batches] == [4, 4] == [4] * num_batches(9, 4)
+    assert len(set(torch.cat(batches).tolist())) == 8

@@ -28,16 +28,6 @@ class Position:
     epoch: int
     task_done: bool
 
-    def is_after(self, other: "Position") -> bool:
-        """Whether ``self`` is strictly later in the run than ``other``."""
-        return _key(self) > _key(other)
-
-
-def _key(position: Position) -> tuple[int, int, int, int]:
-    if position.task_done:
-        return (position.task, 1, 0, 0)
-    return (position.task, 0, position.phase, position.epoch)
-
 
 @dataclass
 class Checkpoint:

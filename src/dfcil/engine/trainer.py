@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dfcil.atomic import write_json
 from dfcil.augment import Normalizer, TrainAugment
 from dfcil.config import Config
 from dfcil.data import DatasetArrays
@@ -32,6 +33,7 @@ from dfcil.engine.evaluate import predict_logits
 from dfcil.engine.results import RunResults, evaluate_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
+from dfcil.errors import ConfigError, DataError, DfcilError
 from dfcil.methods import Batch, Method, Phase, RunEnv, method_class, parse_method_options
 from dfcil.models import IncrementalClassifier, build_backbone
 from dfcil.runlog import RunLog
@@ -44,8 +46,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from dfcil.errors import ConfigError
-
         raise ConfigError(f"runtime.device: {name} requested but CUDA is not available")
     return device
 
@@ -125,8 +125,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------
     def _check_class_coverage(self) -> None:
-        from dfcil.errors import DataError
-
         for name, split in (("train", self.train_data), ("test", self.test_data)):
             counts = torch.bincount(split.labels, minlength=self.scenario.num_classes)
             empty = torch.nonzero(counts == 0).flatten()
@@ -235,8 +233,6 @@ class Trainer:
         seconds = time.perf_counter() - start
         loss = float(loss_sum) / max(images_seen, 1)
         if not math.isfinite(loss):
-            from dfcil.errors import DfcilError
-
             raise DfcilError(f"task {task.index + 1} {phase.name} epoch {epoch}: loss is {loss} (diverged)")
         return EpochStats(
             loss=loss,
@@ -327,6 +323,8 @@ class Trainer:
             opt_state, sched_state = resume.optimizer, resume.scheduler
             self.log.truncate_after(position)
             restore(resume.rng, self._generators())
+        else:
+            self.log.truncate_after(position)  # a fresh start keeps no stale records
 
         def tick() -> None:
             self.wall_time_s = base_wall + time.perf_counter() - session_start
@@ -373,15 +371,11 @@ class Trainer:
             tick()
             self._save(ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True))
             ckpt.save_task_model(self.run_dir, task.index, self.model, self.scenario)
-            from dfcil.atomic import write_json
-
             write_json(self.run_dir / "metrics.json", self.metrics())
             position = ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True)
             resume = None
         tick()
         final = self.metrics()
-        from dfcil.atomic import write_json
-
         write_json(self.run_dir / "metrics.json", final)
         return final
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -189,11 +189,3 @@ class OldModel:
         model.load_state_dict(state["weights"])
         self.model = frozen_copy(model)
 
-
-def parameters_of(modules: Iterator[nn.Module]) -> list[nn.Parameter]:
-    """All parameters of several modules, without duplicates."""
-    seen: dict[int, nn.Parameter] = {}
-    for module in modules:
-        for parameter in module.parameters():
-            seen.setdefault(id(parameter), parameter)
-    return list(seen.values())
