@@ -99,6 +99,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast for forward passes
     channels_last: bool = True
+    compile: bool = False  # torch.compile the backbone (about +7 % on the 2-core CPU; slow first steps)
 
     def validate(self, path: str) -> None:
         """Check value ranges."""

@@ -37,6 +37,8 @@ class RunLog:
             elif record.get("event") == "eval":
                 task = record["task"] - 1
                 later = task > position.task or (task == position.task and not position.task_done)
+            elif "task" in record:  # e.g. synthesis records, written before the task's first epoch
+                later = record["task"] - 1 > position.task
             else:
                 later = False
             if not later:

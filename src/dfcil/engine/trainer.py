@@ -107,6 +107,7 @@ class Trainer:
             if self.device.type == "cpu"
             else torch.Generator(device=self.device).manual_seed(config.seed + 1)
         )
+        self.log = RunLog(run_dir / "log.jsonl")
         self.env = RunEnv(
             device=self.device,
             precision=config.train.precision,
@@ -115,12 +116,14 @@ class Trainer:
             generator=self.device_generator,
             train=config.train,
             make_model=self.make_model,
+            image_size=int(dataset.train.images.shape[1]),
+            output_dir=run_dir,
+            log=self.log.append,
         )
         options = parse_method_options(config.method)
         self.method: Method = method_class(config.method_name)(options, self.env)
         self.model = self.make_model([])
         self.results = RunResults()
-        self.log = RunLog(run_dir / "log.jsonl")
         self.wall_time_s = 0.0
 
     # ------------------------------------------------------------------------------------
@@ -148,6 +151,8 @@ class Trainer:
         model.to(self.device)
         if self.config.train.channels_last:
             model.to(memory_format=torch.channels_last)
+        if self.config.train.compile:
+            model.backbone.compile()  # in place: state_dict keys and growing heads are unaffected
         return model
 
     def _generators(self) -> dict[str, torch.Generator]:
@@ -337,6 +342,8 @@ class Trainer:
                     self.model = self.make_model(_head_sizes(self.model))
                 self.method.prepare_task(self.model, task)
                 self.model.add_head(task.num_new)
+                # a resumed run must not redo prepare_task (e.g. generator training)
+                self._save(ckpt.Position(task=task.index, phase=0, epoch=0, task_done=False))
             phases = self.method.phases(task)
             first_phase = position.phase if mid_task else 0
             for phase_index in range(first_phase, len(phases)):

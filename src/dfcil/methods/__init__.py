@@ -7,12 +7,14 @@ from typing import Any, Mapping
 
 from dfcil.errors import ConfigError
 from dfcil.methods.base import Batch, Loss, Method, OldModel, Phase, RunEnv, StepResult
+from dfcil.methods.abd import ABD
+from dfcil.methods.deepinversion import DeepInversion
 from dfcil.methods.finetune import Finetune
 from dfcil.methods.joint import Joint
 from dfcil.methods.lwf import LwF
 from dfcil.schema import from_dict
 
-METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint)})
+METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint, DeepInversion, ABD)})
 
 
 def method_class(name: str) -> type[Method]:

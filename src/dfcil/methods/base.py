@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
@@ -94,6 +95,9 @@ class RunEnv:
     generator: torch.Generator  # random numbers on ``device`` (sampling noise, ...)
     train: TrainConfig
     make_model: Callable[[Sequence[int]], IncrementalClassifier]  # head sizes -> model on device
+    image_size: int  # side of the (square) training images
+    output_dir: Path  # the run directory, for artefacts such as synthetic-sample grids
+    log: Callable[[dict[str, Any]], None]  # append a record to the run's log.jsonl
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on the run's device when ``precision`` is bf16, else a no-op."""
