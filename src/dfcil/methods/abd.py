@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from dfcil.losses import cross_entropy_seen
 from dfcil.methods.base import Batch, Loss, Phase, StepResult
 from dfcil.methods.replay import SyntheticReplayMethod
 from dfcil.models import IncrementalClassifier
@@ -67,11 +66,10 @@ class ABD(SyntheticReplayMethod):
     def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
         """The three ABD losses (plain CE in the first task)."""
         if task.num_old == 0:
-            logits = model(batch.images).logits
-            return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)
+            return self.plain_step(model, batch, task)
         assert self.old.model is not None
         real = len(batch.labels)
-        images = torch.cat([batch.images, self.synthesizer.generate(real).to(batch.images.dtype)])
+        images = self.real_and_synthetic(batch)
         old = self.old(images)
         labels = torch.cat([batch.labels, old.logits[real:, : task.num_old].argmax(dim=1)])
         out = model(images)

@@ -53,10 +53,9 @@ class DeepInversion(SyntheticReplayMethod):
     def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
         """CE + KD(real, old classes) + KD(synthetic, all seen, zero-padded teacher)."""
         if task.num_old == 0:
-            logits = model(batch.images).logits
-            return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)
+            return self.plain_step(model, batch, task)
         real = len(batch.labels)
-        images = torch.cat([batch.images, self.synthesizer.generate(real).to(batch.images.dtype)])
+        images = self.real_and_synthetic(batch)
         teacher = self.old(images).logits[:, : task.num_old]
         logits = model(images).logits
         opts = self.options

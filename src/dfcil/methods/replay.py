@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from dfcil.atomic import torch_save
-from dfcil.methods.base import Method, OldModel, RunEnv
+from dfcil.losses import cross_entropy_seen
+from dfcil.methods.base import Batch, Loss, Method, OldModel, RunEnv, StepResult
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Task
 from dfcil.synthesis import Synthesizer
@@ -40,6 +43,16 @@ class SyntheticReplayMethod(Method):
             self.old.model, task.num_old, self.env.output_dir / "synthesis" / f"task_{task.index + 1}.png",
             self.env.normalizer.denormalize,
         )
+
+    def plain_step(self, model: IncrementalClassifier, batch: Batch, task: Task) -> StepResult:
+        """The first task's step: CE over the seen classes on real data."""
+        logits = model(batch.images).logits
+        return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)
+
+    def real_and_synthetic(self, batch: Batch) -> torch.Tensor:
+        """The real batch followed by as many fresh synthetic images (one forward for both)."""
+        synthetic = self.synthesizer.generate(len(batch.labels)).to(batch.images.dtype)
+        return torch.cat([batch.images, synthetic])
 
     def finish_task(self, model: IncrementalClassifier, task: Task) -> None:
         """Discard this task's generator (or save it when asked to keep it)."""
