@@ -9,6 +9,8 @@ and rewrites the summary table ``benchmarks/results/mini/README.md`` from every 
 Usage::
 
     DFCIL_DATA=../shared/data python benchmarks/run_mini.py joint finetune lwf [--seed 0]
+    DFCIL_DATA=../shared/data python benchmarks/run_mini.py rdfcil --tag no-rkd \
+        --set method.synthesis.steps=300 --set method.refine_epochs=5 --set method.relational_kd=false
 """
 
 from __future__ import annotations
@@ -27,9 +29,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "mini"
 KEPT_FILES = ("metrics.json", "config.yaml", "run.json", "log.jsonl")
 
 
-def run_method(method: str, seed: int, runs: Path, extra: list[str]) -> Path:
+def run_label(method: str, tag: str | None, seed: int) -> str:
+    """``<method>[-<tag>]-s<seed>``: the run's directory name and table label."""
+    return f"{method}-{tag}-s{seed}" if tag else f"{method}-s{seed}"
+
+
+def run_method(method: str, seed: int, runs: Path, extra: list[str], tag: str | None = None) -> Path:
     """Run (or resume) one method; return its run directory."""
-    run_dir = runs / f"{method}-s{seed}"
+    run_dir = runs / run_label(method, tag, seed)
     args = [sys.executable, "-m", "dfcil", "run"]
     if (run_dir / "config.yaml").exists():
         args += ["--resume", str(run_dir)]
@@ -45,6 +52,14 @@ def run_method(method: str, seed: int, runs: Path, extra: list[str]) -> Path:
     return run_dir
 
 
+def overrides(command: str) -> str:
+    """The ``--set`` overrides of a run's command, except method name, seed and runtime keys."""
+    words = command.split()
+    items = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--set"]
+    kept = [item for item in items if not item.startswith(("method.name=", "seed=", "runtime."))]
+    return "<br>".join(f"`{item}`" for item in kept) or "-"
+
+
 def summarize() -> str:
     """Markdown table of every result under ``benchmarks/results/mini``."""
     rows = []
@@ -56,7 +71,7 @@ def summarize() -> str:
         omega = f"{metrics['omega']:.1f}" if "omega" in metrics else "-"
         forgetting = "-" if metrics["forgetting"] is None else f"{metrics['forgetting']:.1f}"
         rows.append(
-            f"| {metrics['method']} | {metrics['seed']} | {metrics['last_accuracy']:.2f} | "
+            f"| {metrics_file.parent.name.rsplit('-s', 1)[0]} | {metrics['seed']} | {overrides(session['command'])} | {metrics['last_accuracy']:.2f} | "
             f"{metrics['average_incremental_accuracy']:.2f} | {forgetting} | {omega} | {steps} | "
             f"{metrics['wall_time_s'] / 60:.1f} | `{(session['commit'] or '?')[:12]}` |"
         )
@@ -73,16 +88,18 @@ def summarize() -> str:
             "4 tasks of 5, 500/100 images per class, 20 epochs per task). Data: the JPEG copy of CIFAR-100",
             "(`../shared/data/cifar100-jpg.tar.gz`; pixels differ slightly from the official release).",
             "",
-            "Produced by `DFCIL_DATA=../shared/data python benchmarks/run_mini.py joint finetune lwf` and",
-            "`... run_mini.py abd deepinversion --set method.synthesis.steps=300` (each row is",
-            "`dfcil run configs/mini.yaml --set method.name=<method> --set seed=<seed>` plus those overrides;",
-            "the non-joint runs get `--set runtime.upper_bound=<joint run>` for Omega; the exact command of",
-            "every row is in its `run.json`). The data-free methods train their generator for 300 steps per",
-            "task instead of the papers' 5,000, so that a run fits the ~15-minute CPU budget of this protocol.",
+            "Each row was produced by `DFCIL_DATA=../shared/data python benchmarks/run_mini.py <method>",
+            "[--tag <tag>] [--set <override> ...]`, which runs `dfcil run configs/mini.yaml --set",
+            "method.name=<method> --set seed=<seed>` plus the overrides listed in the row (the non-joint runs",
+            "also get `--set runtime.upper_bound=<joint run>` for Omega; the exact command, commit and machine",
+            "of every row are in its `run.json`). The data-free methods train their generator for 300 steps",
+            "per task instead of the papers' 5,000 so that a run fits the ~15-minute CPU budget of this",
+            "protocol; R-DFCIL's head refinement runs 5 epochs (its 40 of 160, compressed 8x like the rest).",
+            "Minutes are wall-clock on a machine running nothing else.",
             f"Machine: {machine}.",
             "",
-            "| method | seed | A_N (last) | avg. incremental | forgetting | Omega | A_1 / ... / A_N | minutes | commit |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| run | seed | overrides | A_N (last) | avg. incremental | forgetting | Omega | A_1 / ... / A_N | minutes | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "Each directory holds the run's `metrics.json`, `config.yaml`, `run.json` (command, commit,",
@@ -98,11 +115,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "mini")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra overrides for new runs")
+    parser.add_argument("--tag", help="label of a variant (ablation): runs go to <method>-<tag>-s<seed>")
     args = parser.parse_args()
     methods = sorted(args.methods, key=lambda m: m != "joint")
     for method in methods:
-        run_dir = run_method(method, args.seed, args.runs, args.extra)
-        target = RESULTS / f"{method}-s{args.seed}"
+        run_dir = run_method(method, args.seed, args.runs, args.extra, args.tag)
+        target = RESULTS / run_label(method, args.tag, args.seed)
         target.mkdir(parents=True, exist_ok=True)
         for name in KEPT_FILES:
             shutil.copyfile(run_dir / name, target / name)

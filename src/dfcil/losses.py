@@ -29,3 +29,28 @@ def cross_entropy_seen(logits: torch.Tensor, labels: torch.Tensor, num_seen: int
 def local_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Cross-entropy restricted to the classes ``[start, stop)`` of one task ("local" CE)."""
     return F.cross_entropy(logits[:, start:stop].float(), labels - start)
+
+
+def angle_relations(embeddings: torch.Tensor) -> torch.Tensor:
+    """Cosines of all triplet angles of a batch of embeddings, ``(B, B, B)``.
+
+    Entry ``[j, i, k]`` is ``<e_ij, e_kj>`` with ``e_ij = (u_i - u_j) / ||u_i - u_j||`` (the zero
+    vector when ``i == j``): the angle at anchor ``j``. Memory is ``O(B^2 d + B^3)``: one
+    ``(B, B, d)`` tensor of unit differences and one batched Gram matrix, never ``(B, B, B, d)``.
+    Computed in float32, outside autocast.
+    """
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        u = embeddings.float()
+        unit = F.normalize(u.unsqueeze(0) - u.unsqueeze(1), p=2, dim=2)  # [j, i] = e_ij
+        return torch.bmm(unit, unit.transpose(1, 2))
+
+
+def angle_relation_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Angle-wise relational KD (Park et al. 2019, as used by R-DFCIL).
+
+    ``mean over all B^3 triplets (i, j, k) of |cos angle_s(i, j, k) - cos angle_t(i, j, k)|``.
+    Gradients flow into both arguments (R-DFCIL learns projections on both sides).
+    """
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"batch sizes differ: {student.shape[0]} vs {teacher.shape[0]}")
+    return (angle_relations(student) - angle_relations(teacher)).abs().mean()

@@ -12,9 +12,10 @@ from dfcil.methods.deepinversion import DeepInversion
 from dfcil.methods.finetune import Finetune
 from dfcil.methods.joint import Joint
 from dfcil.methods.lwf import LwF
+from dfcil.methods.rdfcil import RDFCIL
 from dfcil.schema import from_dict
 
-METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint, DeepInversion, ABD)})
+METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL)})
 
 
 def method_class(name: str) -> type[Method]:
