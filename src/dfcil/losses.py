@@ -35,14 +35,23 @@ def angle_relations(embeddings: torch.Tensor) -> torch.Tensor:
     """Cosines of all triplet angles of a batch of embeddings, ``(B, B, B)``.
 
     Entry ``[j, i, k]`` is ``<e_ij, e_kj>`` with ``e_ij = (u_i - u_j) / ||u_i - u_j||`` (the zero
-    vector when ``i == j``): the angle at anchor ``j``. Memory is ``O(B^2 d + B^3)``: one
-    ``(B, B, d)`` tensor of unit differences and one batched Gram matrix, never ``(B, B, B, d)``.
+    vector when ``i == j``): the angle at anchor ``j``. By the law of cosines,
+    ``<u_i - u_j, u_k - u_j> = (D_ji + D_jk - D_ik) / 2`` with ``D`` the squared pairwise
+    distances, taken from the Gram matrix of the batch-centred embeddings (angles do not change
+    under translation). The cost is one ``B x B x d`` matrix product plus a few element-wise
+    ``B^3`` operations: no ``(B, B, d)`` difference tensor, let alone ``(B, B, B, d)``, is formed.
     Computed in float32, outside autocast.
     """
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         u = embeddings.float()
-        unit = F.normalize(u.unsqueeze(0) - u.unsqueeze(1), p=2, dim=2)  # [j, i] = e_ij
-        return torch.bmm(unit, unit.transpose(1, 2))
+        u = u - u.mean(dim=0, keepdim=True)
+        gram = u @ u.t()
+        diag = gram.diagonal()
+        squared = (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(1e-12)  # D_ij = ||u_i - u_j||^2
+        eye = torch.eye(len(u), dtype=torch.bool, device=u.device)
+        inverse = torch.where(eye, torch.zeros_like(squared), squared.rsqrt())  # 1 / ||u_i - u_j||, 0 if i = j
+        dots = 0.5 * (squared[:, :, None] + squared[:, None, :] - squared[None, :, :])
+        return dots * inverse[:, :, None] * inverse[:, None, :]
 
 
 def angle_relation_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

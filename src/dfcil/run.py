@@ -27,13 +27,17 @@ RUN_FILE = "run.json"
 
 
 def git_commit(path: Path) -> str | None:
-    """Commit of the git checkout containing ``path`` (``+dirty`` if modified), or None."""
+    """Commit of the git checkout containing ``path``, or None.
+
+    ``+dirty`` is appended when tracked files under ``path`` (the package's source) differ from
+    that commit; results files elsewhere in the checkout do not count.
+    """
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=path, capture_output=True, text=True,
             timeout=10, check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):

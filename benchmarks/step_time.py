@@ -1,0 +1,81 @@
+"""Time per training step of a run, by task and phase, relative to its first task.
+
+The first task of every method here is plain cross-entropy on real images, i.e. exactly a
+``finetune`` step, so the ratio of a later phase's step time to the first task's is the cost of
+the method's extra work *measured in the same run* (same machine, same process). Reads the
+per-epoch records of ``log.jsonl`` (time_s and images of each epoch) and the run's batch size.
+
+Optionally (``--rkd``) times the relational-KD loss alone (forward + backward) at the run's
+batch size and R-DFCIL's projection width, to show it is not what makes a step expensive.
+
+Usage::
+
+    python benchmarks/step_time.py runs/mini/rdfcil-s0 [--rkd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from dfcil.losses import angle_relation_distillation
+
+
+def step_times(run_dir: Path) -> tuple[int, dict[tuple[str, str], list[float]]]:
+    """Batch size and the seconds per step of every epoch, grouped by (task group, phase)."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    batch_size = int(config["train"]["batch_size"])
+    groups: dict[tuple[str, str], list[float]] = {}
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") != "epoch":
+            continue
+        steps = math.ceil(record["images"] / batch_size)
+        task = "task 1" if record["task"] == 1 else "tasks 2+"
+        groups.setdefault((task, record["phase"]), []).append(record["time_s"] / steps)
+    return batch_size, groups
+
+
+def rkd_seconds(batch_size: int, width: int, repeats: int = 20) -> float:
+    """Median seconds of one forward + backward of the angle-wise relational KD loss."""
+    student = torch.randn(batch_size, width, requires_grad=True)
+    teacher = torch.randn(batch_size, width, requires_grad=True)
+    samples = []
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        angle_relation_distillation(student, teacher).backward()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples[2:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--rkd", action="store_true", help="also time the relational-KD loss alone")
+    parser.add_argument("--rkd-width", type=int, default=128, help="projection width 2d (ResNet-32: 128)")
+    args = parser.parse_args()
+    batch_size, groups = step_times(args.run_dir)
+    base = statistics.median(groups[("task 1", "main")])
+    print(f"{args.run_dir}: batch {batch_size}, median over epochs")
+    print("| tasks | phase | epochs | ms / step | x first task |")
+    print("|---|---|---|---|---|")
+    for (task, phase), values in groups.items():
+        median = statistics.median(values)
+        print(f"| {task} | {phase} | {len(values)} | {1000 * median:.1f} | {median / base:.2f} |")
+    if args.rkd:
+        seconds = rkd_seconds(batch_size, args.rkd_width)
+        print(f"relational KD loss alone (B={batch_size}, width {args.rkd_width}, fwd+bwd, "
+              f"{torch.get_num_threads()} threads): {1000 * seconds:.1f} ms = {seconds / base:.2f} x a first-task step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
