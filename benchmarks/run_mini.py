@@ -60,10 +60,10 @@ def overrides(command: str) -> str:
     return "<br>".join(f"`{item}`" for item in kept) or "-"
 
 
-def summarize() -> str:
-    """Markdown table of every result under ``benchmarks/results/mini``."""
+def summarize(results: Path = RESULTS) -> str:
+    """Markdown table of every result under ``results`` (default ``benchmarks/results/mini``)."""
     rows = []
-    for metrics_file in sorted(RESULTS.glob("*/metrics.json")):
+    for metrics_file in sorted(results.glob("*/metrics.json")):
         metrics = json.loads(metrics_file.read_text())
         run = json.loads((metrics_file.parent / "run.json").read_text())
         session = run["sessions"][-1]
@@ -77,7 +77,7 @@ def summarize() -> str:
         )
     machine = ""
     if rows:
-        first = json.loads(next(iter(sorted(RESULTS.glob("*/run.json")))).read_text())["sessions"][-1]
+        first = json.loads(next(iter(sorted(results.glob("*/run.json")))).read_text())["sessions"][-1]
         m = first["machine"]
         machine = f"{m['processor']}, {m['cpu_count']} cores, torch {m['torch']}, device {first['device']}"
     return "\n".join(
@@ -116,16 +116,20 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "mini")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra overrides for new runs")
     parser.add_argument("--tag", help="label of a variant (ablation): runs go to <method>-<tag>-s<seed>")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where results and the summary table go (default benchmarks/results/mini; "
+                             "runs that change the protocol itself belong elsewhere)")
     args = parser.parse_args()
     methods = sorted(args.methods, key=lambda m: m != "joint")
     for method in methods:
         run_dir = run_method(method, args.seed, args.runs, args.extra, args.tag)
-        target = RESULTS / run_label(method, args.tag, args.seed)
+        target = args.results / run_label(method, args.tag, args.seed)
         target.mkdir(parents=True, exist_ok=True)
         for name in KEPT_FILES:
             shutil.copyfile(run_dir / name, target / name)
-    write_text(RESULTS / "README.md", summarize())
-    print((RESULTS / "README.md").read_text())
+    if args.results == RESULTS:
+        write_text(RESULTS / "README.md", summarize())
+        print((RESULTS / "README.md").read_text())
     return 0
 
 

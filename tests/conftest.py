@@ -36,3 +36,19 @@ def cifar(cifar_env, monkeypatch) -> dict[str, str]:
     for key, value in cifar_env.items():
         monkeypatch.setenv(key, value)
     return cifar_env
+
+
+@pytest.fixture(scope="session")
+def joint_smoke_run(cifar_env, tmp_path_factory) -> Path:
+    """One ``joint`` run of ``configs/smoke.yaml`` (5 epochs per task), shared by the tests that
+    need an upper bound or a trained 4-class model of real images."""
+    from dfcil.cli import main
+
+    run_dir = tmp_path_factory.mktemp("joint") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in cifar_env.items():
+            patch.setenv(key, value)
+        code = main(["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", "method.name=joint",
+                     "--set", "train.epochs=5", "--set", "runtime.progress=false"])
+    assert code == 0
+    return run_dir

@@ -54,18 +54,19 @@ def test_missing_data_root(capsys, tmp_path, monkeypatch):
 
 def test_run_directory_protection(cifar, capsys, tmp_path):
     run_dir = tmp_path / "run"
-    assert main(["run", SMOKE, "-o", str(run_dir), *QUIET]) == 0
+    small = ["--set", "data.train_per_class=40"]
+    assert main(["run", SMOKE, "-o", str(run_dir), *QUIET, *small]) == 0
     capsys.readouterr()
     before = (run_dir / "metrics.json").read_bytes()
 
     fails(["run", SMOKE, "-o", str(run_dir), *QUIET], capsys, "already holds a run")
     fails(["run", "--resume", str(run_dir), "--set", "train.lr=0.2"], capsys, "train.lr: 0.05 in the run directory, 0.2 requested")
-    fails(["run", SMOKE, "--resume", str(run_dir), "--set", "seed=3"], capsys, "seed: 0 in the run directory, 3 requested")
+    fails(["run", SMOKE, "--resume", str(run_dir), "--set", "seed=3", *small], capsys, "seed: 0 in the run directory, 3 requested")
     assert (run_dir / "metrics.json").read_bytes() == before
 
     # a checkpoint copied in from another run is refused
     other = tmp_path / "other"
-    assert main(["run", SMOKE, "-o", str(other), "--set", "seed=1", *QUIET]) == 0
+    assert main(["run", SMOKE, "-o", str(other), "--set", "seed=1", *QUIET, *small]) == 0
     capsys.readouterr()
     (run_dir / "metrics.json").unlink()
     shutil.copy(other / "checkpoints" / "last.pt", run_dir / "checkpoints" / "last.pt")

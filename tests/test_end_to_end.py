@@ -18,16 +18,12 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("method", ["finetune", "lwf", "joint"])
-def test_smoke_run_learns(method, cifar, tmp_path, capsys):
-    run_dir = tmp_path / method
-    code, out, err = run_cli(
-        ["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", f"method.name={method}",
-         "--set", "train.epochs=5", "--set", "runtime.progress=false"],
-        capsys,
-    )
-    assert code == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["run_dir"] == str(run_dir)
+# all 500 training images per class, 3 epochs: enough for the harder second task (boy / beetle)
+FULL_DATA = ["--set", "train.epochs=3", "--set", "data.train_per_class=null", "--set", "runtime.progress=false"]
+
+
+def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
+    """What every smoke run of a baseline must show: learning, forgetting where expected, files."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["complete"] and metrics["method"] == method
     assert metrics["class_order"] == [23, 8, 11, 7] and metrics["tasks"] == [[23, 8], [11, 7]]
@@ -49,30 +45,48 @@ def test_smoke_run_learns(method, cifar, tmp_path, capsys):
         assert metrics["old_new_accuracy"][1]["old"] < metrics["old_new_accuracy"][1]["new"] - 30.0
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in log if r["event"] == "epoch"]
-    assert [(r["task"], r["epoch"]) for r in epochs] == [(t, e) for t in (1, 2) for e in range(1, 6)]
+    per_task = len(epochs) // 2
+    assert [(r["task"], r["epoch"]) for r in epochs] == [(t, e) for t in (1, 2) for e in range(1, per_task + 1)]
     assert all(r["images_per_s"] > 0 and "ce" in r["losses"] for r in epochs)
+    # 2 classes per task of `images_per_class` training images each; joint sees both tasks in task 2
+    assert [r["images"] for r in epochs] == [2 * images_per_class] * per_task + [
+        (4 if method == "joint" else 2) * images_per_class] * per_task
     if method == "lwf":
-        assert "kd" not in epochs[0]["losses"] and epochs[5]["losses"]["kd"] > 0
+        assert "kd" not in epochs[0]["losses"] and epochs[per_task]["losses"]["kd"] > 0
     assert (run_dir / "checkpoints" / "task_2.pt").exists()
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "log.jsonl", "metrics.json", "run.json"]
 
 
-def test_omega_from_a_joint_run(cifar, tmp_path, capsys):
-    common = ["--set", "runtime.progress=false", "--set", "train.epochs=1"]
-    assert run_cli(["run", str(CONFIGS / "smoke.yaml"), "-o", str(tmp_path / "ub"), "--set", "method.name=joint", *common], capsys)[0] == 0
+@pytest.mark.parametrize("method", ["finetune", "lwf"])
+def test_smoke_run_learns(method, cifar, tmp_path, capsys):
+    run_dir = tmp_path / method
     code, out, err = run_cli(
-        ["run", str(CONFIGS / "smoke.yaml"), "-o", str(tmp_path / "ft"), "--set", f"runtime.upper_bound={tmp_path / 'ub'}", *common],
+        ["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", f"method.name={method}", *FULL_DATA], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["run_dir"] == str(run_dir)
+    check_smoke_run(run_dir, method, images_per_class=500)
+
+
+def test_joint_smoke_run_learns(joint_smoke_run):
+    check_smoke_run(joint_smoke_run, "joint", images_per_class=250)
+
+
+def test_omega_from_a_joint_run(joint_smoke_run, cifar, tmp_path, capsys):
+    common = ["--set", "runtime.progress=false"]
+    code, out, err = run_cli(
+        ["run", str(CONFIGS / "smoke.yaml"), "-o", str(tmp_path / "ft"), "--set", f"runtime.upper_bound={joint_smoke_run}", *common],
         capsys,
     )
     assert code == 0, err
-    ub = json.loads((tmp_path / "ub" / "metrics.json").read_text())
+    ub = json.loads((joint_smoke_run / "metrics.json").read_text())
     ft = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     expected = 100 * sum(a / b for a, b in zip(ft["accuracy_per_step"], ub["accuracy_per_step"])) / 2
     assert ft["omega"] == pytest.approx(expected)
     # an upper bound of another scenario is refused
     code, _, err = run_cli(
         ["run", str(CONFIGS / "smoke.yaml"), "-o", str(tmp_path / "bad"), "--set", "scenario.order_seed=1",
-         "--set", f"runtime.upper_bound={tmp_path / 'ub'}", *common],
+         "--set", f"runtime.upper_bound={joint_smoke_run}", *common],
         capsys,
     )
     assert code == 2 and "different class order" in err

@@ -135,3 +135,39 @@ def test_image_store_host_gather_matches_resident(tmp_path):
     batches = list(index_batches(torch.arange(9), 4, torch.Generator().manual_seed(0)))
     assert [len(b) for b in batches] == [4, 4] == [4] * num_batches(9, 4)
     assert len(set(torch.cat(batches).tolist())) == 8
+
+
+def test_first_per_class_keeps_the_first_n_of_each_label():
+    from dfcil.engine.trainer import first_per_class
+
+    positions = np.array([2, 0, 2, 1, 0, 2, 0])
+    # label 2 at 0, 2, 5; label 0 at 1, 4, 6; label 1 at 3
+    assert first_per_class(positions, 2).tolist() == [0, 1, 2, 3, 4]
+    assert first_per_class(positions, 1).tolist() == [0, 1, 3]
+    assert first_per_class(positions, 5).tolist() == list(range(7))
+
+
+def test_train_per_class_caps_training_images_only(tmp_path):
+    config = parse_config(
+        {
+            "data": {"dataset": "imagefolder", "train_per_class": 5},
+            "scenario": {"order": "identity", "num_tasks": 2},
+            "train": {"precision": "fp32"},
+            "runtime": {"progress": False, "device": "cpu"},
+        }
+    )
+    trainer = Trainer(config, tmp_path, tiny_dataset(per_class=16))
+    assert torch.bincount(trainer.train_data.labels).tolist() == [5, 5, 5, 5]
+    assert torch.bincount(trainer.test_data.labels).tolist() == [16, 16, 16, 16]
+
+
+def test_precision_auto_uses_bf16_only_where_it_is_native(monkeypatch):
+    from dfcil import precision
+
+    cpu = torch.device("cpu")
+    assert precision.resolve_precision("fp32", cpu) == "fp32"
+    assert precision.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(precision, "fast_bf16_available", lambda device: False)
+    assert precision.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(precision, "fast_bf16_available", lambda device: True)
+    assert precision.resolve_precision("auto", cpu) == "bf16"

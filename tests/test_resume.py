@@ -13,7 +13,7 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 ARGS = ["--set", "method.name=lwf", "--set", "train.epochs=4", "--set", "runtime.progress=false",
-        "--set", "runtime.num_threads=1"]
+        "--set", "runtime.num_threads=1", "--set", "data.train_per_class=60"]
 
 
 def dfcil(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -93,19 +93,7 @@ def test_abd_and_deepinversion_loss_pieces():
     assert value.item() == pytest.approx(math.log(4.0), rel=1e-6)
 
 
-@pytest.fixture(scope="module")
-def trained_joint_run(cifar_env, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("joint") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in cifar_env.items():
-            patch.setenv(key, value)
-        code = main(["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", "method.name=joint",
-                     "--set", "train.epochs=5", "--set", "runtime.progress=false", "--set", "train.precision=fp32"])
-    assert code == 0
-    return run_dir
-
-
-def test_generator_training_covers_old_classes_confidently(trained_joint_run):
+def test_generator_training_covers_old_classes_confidently(joint_smoke_run):
     """Default losses (content tau = 1000) against a 4-class model trained on real CIFAR images.
 
     An untrained generator collapses onto one class (the old model predicts a single class,
@@ -116,7 +104,7 @@ def test_generator_training_covers_old_classes_confidently(trained_joint_run):
     from dfcil.models import IncrementalClassifier, build_backbone, frozen_copy
     from dfcil.synthesis.synthesizer import _confidence_and_coverage
 
-    saved = torch.load(trained_joint_run / "checkpoints" / "task_2.pt", weights_only=False)
+    saved = torch.load(joint_smoke_run / "checkpoints" / "task_2.pt", weights_only=False)
     model = IncrementalClassifier(build_backbone("resnet32", variant="rdfcil"))
     for size in saved["head_sizes"]:
         model.add_head(size)
@@ -151,7 +139,7 @@ def test_generator_training_covers_old_classes_confidently(trained_joint_run):
 def test_data_free_methods_end_to_end(method, cifar, tmp_path, capsys):
     run_dir = tmp_path / method
     code = main(["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", f"method.name={method}",
-                 "--set", "train.epochs=5", "--set", "method.synthesis.steps=40", "--set", "method.synthesis.log_every=20",
+                 "--set", "train.epochs=3", "--set", "method.synthesis.steps=20", "--set", "method.synthesis.log_every=10",
                  "--set", "runtime.progress=false"])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -162,7 +150,7 @@ def test_data_free_methods_end_to_end(method, cifar, tmp_path, capsys):
         assert metrics["last_accuracy"] > 35.0  # 4 classes: chance is 25
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     synthesis = [r for r in log if r["event"] == "synthesis"]
-    assert [r["step"] for r in synthesis] == [20, 40] and all(r["task"] == 2 for r in synthesis)
+    assert [r["step"] for r in synthesis] == [10, 20] and all(r["task"] == 2 for r in synthesis)
     epoch = next(r for r in log if r["event"] == "epoch" and r["task"] == 2)
     expected = {"deepinversion": {"ce", "kd_real", "kd_synthetic"}, "abd": {"local_ce", "feature_kd", "head_ce"}}
     assert set(epoch["losses"]) == expected[method]

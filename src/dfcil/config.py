@@ -33,10 +33,14 @@ class DataConfig:
     download: bool = False  # cifar100 only: fetch the official archive when absent
     crop_padding: int = 4  # random crop with this much zero padding; 0 disables
     flip: bool = True  # random horizontal flip, p = 0.5
+    # keep only the first N training images of each class (dataset order); None = all.
+    # For quick protocols and tests; the test split is never reduced.
+    train_per_class: int | None = None
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
         require(self.image_size is None or self.image_size >= 8, join(path, "image_size"), "must be >= 8")
+        require(self.train_per_class is None or self.train_per_class >= 1, join(path, "train_per_class"), "must be >= 1")
         require(self.crop_padding >= 0, join(path, "crop_padding"), "must be >= 0")
 
 
@@ -97,7 +101,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [80, 120])
     gamma: float = 0.1
     eval_batch_size: int = 1000
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast for forward passes
+    # bf16 = autocast for forward passes; auto = bf16 where the device runs it natively
+    # (AVX-512 BF16 / AMX CPUs, recent GPUs), else fp32 (see dfcil.precision)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the backbone (about +7 % on the 2-core CPU; slow first steps)
 

@@ -156,6 +156,7 @@ def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None) -
             "dfcil": __version__,
             "machine": machine_description(str(trainer.device)),
             "device": str(trainer.device),
+            "precision": trainer.env.precision,
             "data": dataset.source,
             "resumed_from": None if checkpoint is None else vars(checkpoint.position),
         }

@@ -36,6 +36,7 @@ from dfcil.engine.store import ImageStore, index_batches, num_batches
 from dfcil.errors import ConfigError, DataError, DfcilError
 from dfcil.methods import Batch, Method, Phase, RunEnv, method_class, parse_method_options
 from dfcil.models import IncrementalClassifier, build_backbone
+from dfcil.precision import resolve_precision
 from dfcil.runlog import RunLog
 from dfcil.scenario import Scenario, Task, build_scenario
 
@@ -62,9 +63,20 @@ class SplitTensors:
         return torch.nonzero((self.labels >= start) & (self.labels < stop)).flatten()
 
 
-def _split_tensors(images: np.ndarray, labels: np.ndarray, scenario: Scenario, device: torch.device) -> SplitTensors:
+def first_per_class(positions: np.ndarray, limit: int) -> np.ndarray:
+    """Indices (ascending) of the first ``limit`` samples of every label in ``positions``."""
+    order = np.argsort(positions, kind="stable")
+    ordered = positions[order]
+    rank = np.arange(len(ordered)) - np.searchsorted(ordered, ordered, side="left")
+    return np.sort(order[rank < limit])
+
+
+def _split_tensors(images: np.ndarray, labels: np.ndarray, scenario: Scenario, device: torch.device,
+                   per_class: int | None = None) -> SplitTensors:
     positions = scenario.remap(labels)
     keep = np.nonzero(positions >= 0)[0]
+    if per_class is not None:
+        keep = keep[first_per_class(positions[keep], per_class)]
     if len(keep) != len(labels):
         images = images[keep]
         positions = positions[keep]
@@ -96,7 +108,8 @@ class Trainer:
             torch.set_num_threads(config.runtime.num_threads)
         seed_everything(config.seed)
         self.scenario = build_scenario(config.scenario, dataset.num_classes)
-        self.train_data = _split_tensors(dataset.train.images, dataset.train.labels, self.scenario, self.device)
+        self.train_data = _split_tensors(dataset.train.images, dataset.train.labels, self.scenario, self.device,
+                                         config.data.train_per_class)
         self.test_data = _split_tensors(dataset.test.images, dataset.test.labels, self.scenario, self.device)
         self._check_class_coverage()
         self.normalizer = Normalizer(dataset.mean, dataset.std, config.train.channels_last)
@@ -110,7 +123,7 @@ class Trainer:
         self.log = RunLog(run_dir / "log.jsonl")
         self.env = RunEnv(
             device=self.device,
-            precision=config.train.precision,
+            precision=resolve_precision(config.train.precision, self.device),
             channels_last=config.train.channels_last,
             normalizer=self.normalizer,
             generator=self.device_generator,

@@ -177,7 +177,7 @@ class Synthesizer:
     # ------------------------------------------------------------------------------------------
     def save_grid(self, old_model: IncrementalClassifier, num_old: int, path: Path,
                   denormalize: Callable[[torch.Tensor], torch.Tensor], per_class: int = 8,
-                  max_batches: int = 20) -> None:
+                  max_batches: int = 4) -> None:
         """PNG grid of synthetic samples: one row per class the old model predicts (up to ``per_class``)."""
         rows: dict[int, list[torch.Tensor]] = {}
         for _ in range(max_batches):
