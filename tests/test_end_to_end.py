@@ -38,8 +38,10 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
         assert metrics["old_new_accuracy"][1]["old"] > 60.0
         assert metrics["last_accuracy"] > 50.0
     else:
-        # the new task's classes are learned (task-agnostic, among all 4 classes)
-        assert metrics["old_new_accuracy"][1]["new"] > 65.0
+        # the new task's classes are learned (task-agnostic, among all 4 classes: chance 25 %,
+        # and 50 % even for a model that only ever predicts new classes). The second task
+        # (boy / beetle) is the harder pair: 60-75 % on its test images after 3 epochs.
+        assert metrics["old_new_accuracy"][1]["new"] > 55.0
     if method == "finetune":
         # finetune forgets: old-class accuracy collapses far below the new one
         assert metrics["old_new_accuracy"][1]["old"] < metrics["old_new_accuracy"][1]["new"] - 30.0
@@ -48,6 +50,7 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
     per_task = len(epochs) // 2
     assert [(r["task"], r["epoch"]) for r in epochs] == [(t, e) for t in (1, 2) for e in range(1, per_task + 1)]
     assert all(r["images_per_s"] > 0 and "ce" in r["losses"] for r in epochs)
+    assert epochs[-1]["train_accuracy"] > 65.0 and epochs[-1]["train_accuracy"] > epochs[per_task]["train_accuracy"]
     # 2 classes per task of `images_per_class` training images each; joint sees both tasks in task 2
     assert [r["images"] for r in epochs] == [2 * images_per_class] * per_task + [
         (4 if method == "joint" else 2) * images_per_class] * per_task
