@@ -50,7 +50,10 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
     per_task = len(epochs) // 2
     assert [(r["task"], r["epoch"]) for r in epochs] == [(t, e) for t in (1, 2) for e in range(1, per_task + 1)]
     assert all(r["images_per_s"] > 0 and "ce" in r["losses"] for r in epochs)
-    assert epochs[-1]["train_accuracy"] > 65.0 and epochs[-1]["train_accuracy"] > epochs[per_task]["train_accuracy"]
+    # training accuracy of the second task rises (joint: a 4-way problem from scratch, ~40 -> ~65 %)
+    assert epochs[-1]["train_accuracy"] > epochs[per_task]["train_accuracy"] + 10.0
+    if method != "joint":
+        assert epochs[-1]["train_accuracy"] > 65.0
     # 2 classes per task of `images_per_class` training images each; joint sees both tasks in task 2
     assert [r["images"] for r in epochs] == [2 * images_per_class] * per_task + [
         (4 if method == "joint" else 2) * images_per_class] * per_task
