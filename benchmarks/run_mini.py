@@ -95,7 +95,7 @@ def summarize(results: Path = RESULTS) -> str:
             "of every row are in its `run.json`). The data-free methods train their generator for 300 steps",
             "per task instead of the papers' 5,000 so that a run fits the ~15-minute CPU budget of this",
             "protocol; R-DFCIL's head refinement runs 5 epochs (its 40 of 160, compressed 8x like the rest).",
-            "Minutes are wall-clock on a machine running nothing else.",
+            "Minutes are wall-clock (the abd row shared the CPU for part of its run: see FINDINGS.md).",
             f"Machine: {machine}.",
             "",
             "| run | seed | overrides | A_N (last) | avg. incremental | forgetting | Omega | A_1 / ... / A_N | minutes | commit |",
@@ -104,6 +104,7 @@ def summarize(results: Path = RESULTS) -> str:
             "",
             "Each directory holds the run's `metrics.json`, `config.yaml`, `run.json` (command, commit,",
             "machine, data) and `log.jsonl` (per-epoch loss terms, lr, accuracy, images/s).",
+            "What the table shows and where it differs from the papers: [FINDINGS.md](FINDINGS.md).",
             "",
         ]
     )
