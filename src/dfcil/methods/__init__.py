@@ -12,10 +12,11 @@ from dfcil.methods.deepinversion import DeepInversion
 from dfcil.methods.finetune import Finetune
 from dfcil.methods.joint import Joint
 from dfcil.methods.lwf import LwF
+from dfcil.methods.mfgr import MFGR
 from dfcil.methods.rdfcil import RDFCIL
 from dfcil.schema import from_dict
 
-METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL)})
+METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL, MFGR)})
 
 
 def method_class(name: str) -> type[Method]:

@@ -10,18 +10,40 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
 from dfcil.atomic import atomic_write
-from dfcil.hooks import BatchNormInputs
+from dfcil.hooks import BatchNormInput, BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
 from dfcil.synthesis.generator import Generator, build_generator
 from dfcil.synthesis.losses import bn_statistics_kl, content_loss, image_prior_loss, label_diversity_loss
+
+
+# (generated images, old-model logits over old classes, old-model features, BN-input statistics)
+# -> named (unweighted value, weight) terms; the generator minimises the weighted sum.
+InversionObjective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[BatchNormInput]],
+                              dict[str, tuple[torch.Tensor, float]]]
+
+
+class GeneratorTrainingOptions(Protocol):
+    """What :class:`Synthesizer` reads from a method's generator section (duck-typed)."""
+
+    steps: int
+    batch_size: int | None
+    lr: float
+    z_dim: int
+    bn_eps: float
+    warm_start: bool
+    log_every: int
+    keep_generator: bool
+
+    def objective(self) -> InversionObjective:
+        """The generator's loss terms."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,21 @@ class SynthesisOptions:
     warm_start: bool = False  # ABD's code keeps one generator for the whole run
     log_every: int = 100
     keep_generator: bool = False  # save each task's generator under generators/ (breaks data-free rule)
+
+    def objective(self) -> "InversionObjective":
+        """The four losses of ABD / R-DFCIL with this section's weights."""
+        opts = self
+
+        def terms(images: torch.Tensor, logits: torch.Tensor, features: torch.Tensor,
+                  bn_stats: list[BatchNormInput]) -> dict[str, tuple[torch.Tensor, float]]:
+            return {
+                "content": (content_loss(logits, opts.content_temperature), opts.content_weight),
+                "diversity": (label_diversity_loss(logits), opts.diversity_weight),
+                "bn": (bn_statistics_kl(bn_stats), opts.bn_weight),
+                "prior": (image_prior_loss(images), opts.prior_weight),
+            }
+
+        return terms
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
@@ -75,9 +112,10 @@ def _confidence_and_coverage(logits: torch.Tensor) -> tuple[float, float]:
 class Synthesizer:
     """A model-inversion generator for the classes of the frozen old model."""
 
-    def __init__(self, options: SynthesisOptions, image_size: int, device: torch.device,
+    def __init__(self, options: GeneratorTrainingOptions, image_size: int, device: torch.device,
                  autocast: Callable[[], Any], rng: torch.Generator, channels_last: bool) -> None:
         self.options = options
+        self.objective = options.objective()
         self.image_size = image_size
         self.device = device
         self.autocast = autocast
@@ -115,20 +153,12 @@ class Synthesizer:
                 with self.autocast():
                     images = generator(z)
                     model_input = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-                    logits = old_model(model_input).logits[:, :num_old]
-                terms = {
-                    "content": content_loss(logits, opts.content_temperature),
-                    "diversity": label_diversity_loss(logits),
-                    "bn": bn_statistics_kl(bn.stats),
-                    "prior": image_prior_loss(images),
-                }
+                    out = old_model(model_input)
+                    logits = out.logits[:, :num_old]
+                weighted = self.objective(images, logits, out.features, bn.stats)
                 bn.clear()
-                total = (
-                    opts.content_weight * terms["content"]
-                    + opts.diversity_weight * terms["diversity"]
-                    + opts.bn_weight * terms["bn"]
-                    + opts.prior_weight * terms["prior"]
-                )
+                terms = {name: value for name, (value, _) in weighted.items()}
+                total = sum(weight * value for value, weight in weighted.values())
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
