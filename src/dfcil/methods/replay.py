@@ -22,7 +22,9 @@ from dfcil.synthesis import Synthesizer
 class SyntheticReplayMethod(Method):
     """A method that distils from the old model on synthetic images (subclasses add the losses).
 
-    Subclass ``Options`` must have a ``synthesis: SynthesisOptions`` field.
+    Subclass ``Options`` must have a ``synthesis`` field: a generator-training section
+    (:class:`dfcil.synthesis.synthesizer.GeneratorTrainingOptions`, e.g. ``SynthesisOptions``),
+    whose ``objective()`` gives the generator its loss terms.
     """
 
     def __init__(self, options: Any, env: RunEnv) -> None:
