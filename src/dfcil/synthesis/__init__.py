@@ -1,4 +1,4 @@
-"""Model-inversion synthesis shared by DeepInversion-KD, ABD, R-DFCIL (and, with its own losses, MFGR).
+"""Model-inversion synthesis shared by DeepInversion-KD, ABD, R-DFCIL and MFGR.
 
 A generator is trained before a task against the frozen model of the previous task (no data),
 sampled during the task, and discarded when the task ends.
