@@ -124,7 +124,7 @@ def test_ablation_switches_zero_their_terms(tmp_path):
 def test_mfgr_end_to_end(cifar, tmp_path, capsys):
     run_dir = tmp_path / "mfgr"
     code = main(["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", "method.name=mfgr",
-                 "--set", "train.epochs=3", "--set", "method.synthesis.steps=20", "--set", "method.synthesis.batch_size=64",
+                 "--set", "train.epochs=3", "--set", "method.synthesis.steps=20", "--set", "method.synthesis.batch_size=32",
                  "--set", "method.synthesis.log_every=10", "--set", "runtime.progress=false"])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((run_dir / "metrics.json").read_text())
