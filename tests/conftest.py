@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from dfcil.data import DatasetArrays, ImageArrays
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -52,3 +55,16 @@ def joint_smoke_run(cifar_env, tmp_path_factory) -> Path:
                      "--set", "train.epochs=5", "--set", "runtime.progress=false"])
     assert code == 0
     return run_dir
+
+
+def coloured_dataset(classes: int = 4, per_class: int = 24) -> DatasetArrays:
+    """A tiny learnable dataset: 32x32 noise images whose brightness depends on the class.
+
+    Train and test are the same images. Import it with ``from conftest import coloured_dataset``.
+    """
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(classes), per_class).astype(np.int64)
+    images = (rng.integers(0, 60, (len(labels), 32, 32, 3)) + labels[:, None, None, None] * 60).astype(np.uint8)
+    split = ImageArrays(images, labels)
+    return DatasetArrays(name="tiny", train=split, test=split, class_names=[f"c{i}" for i in range(classes)],
+                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="synthetic")

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from conftest import coloured_dataset
+
 from dfcil.config import parse_config
-from dfcil.data import DatasetArrays, ImageArrays
+from dfcil.data import DatasetArrays
 from dfcil.engine.trainer import Trainer
 from dfcil.hooks import BatchNormInputs
 from dfcil.losses import cross_entropy_seen
@@ -17,15 +19,7 @@ from dfcil.models import IncrementalClassifier, build_backbone
 
 
 def tiny_dataset(classes: int = 4, per_class: int = 16) -> DatasetArrays:
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(classes), per_class).astype(np.int64)
-    # class-dependent colour so the problem is learnable
-    images = (rng.integers(0, 60, (len(labels), 32, 32, 3)) + labels[:, None, None, None] * 60).astype(np.uint8)
-    split = ImageArrays(images, labels)
-    return DatasetArrays(
-        name="tiny", train=split, test=split, class_names=[f"c{i}" for i in range(classes)],
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="synthetic",
-    )
+    return coloured_dataset(classes, per_class)
 
 
 def tiny_config(**train):

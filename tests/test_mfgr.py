@@ -6,13 +6,13 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import coloured_dataset
+
 from dfcil.cli import main
 from dfcil.config import parse_config
-from dfcil.data import DatasetArrays, ImageArrays
 from dfcil.engine.trainer import Trainer
 from dfcil.hooks import BatchNormInput
 from dfcil.methods.mfgr import generated_batch_size, inheritance_weight
@@ -87,15 +87,6 @@ def test_inheritance_weight_and_generated_batch():
     assert generated_batch_size(128, 15, 5, "fixed") == 128
 
 
-def _coloured_dataset(classes: int = 4, per_class: int = 24) -> DatasetArrays:
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(classes), per_class).astype(np.int64)
-    images = (rng.integers(0, 60, (len(labels), 32, 32, 3)) + labels[:, None, None, None] * 60).astype(np.uint8)
-    split = ImageArrays(images, labels)
-    return DatasetArrays(name="tiny", train=split, test=split, class_names=[f"c{i}" for i in range(classes)],
-                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="synthetic")
-
-
 def test_ablation_switches_zero_their_terms(tmp_path):
     def method_for(**options):
         config = parse_config({
@@ -105,7 +96,7 @@ def test_ablation_switches_zero_their_terms(tmp_path):
             "method": {"name": "mfgr", **options},
             "runtime": {"progress": False, "device": "cpu"},
         })
-        return Trainer(config, tmp_path / str(sorted(options)), _coloured_dataset()).method
+        return Trainer(config, tmp_path / str(sorted(options)), coloured_dataset()).method
 
     images, logits, features = torch.randn(8, 3, 32, 32), torch.randn(8, 2), torch.randn(8, 64)
     stats = [BatchNormInput(torch.ones(2), torch.ones(2), torch.zeros(2), torch.ones(2))]

@@ -7,13 +7,13 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import coloured_dataset
+
 from dfcil.cli import main
 from dfcil.config import parse_config
-from dfcil.data import DatasetArrays, ImageArrays
 from dfcil.engine.trainer import Trainer
 from dfcil.losses import angle_relation_distillation, angle_relations
 from dfcil.methods.rdfcil import (
@@ -102,15 +102,6 @@ def test_class_balance_weights_hand_value():
     assert weights.tolist() == pytest.approx([2.0, 4.0, 20.0, 1.0])
 
 
-def _coloured_dataset(classes: int = 4, per_class: int = 24) -> DatasetArrays:
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(classes), per_class).astype(np.int64)
-    images = (rng.integers(0, 60, (len(labels), 32, 32, 3)) + labels[:, None, None, None] * 60).astype(np.uint8)
-    split = ImageArrays(images, labels)
-    return DatasetArrays(name="tiny", train=split, test=split, class_names=[f"c{i}" for i in range(classes)],
-                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="synthetic")
-
-
 class StageSpy(RDFCIL):
     """R-DFCIL that records the model at the start of head refinement and at the end of the task."""
 
@@ -145,7 +136,7 @@ def test_stage_b_changes_only_the_heads(tmp_path):
         "method": {"name": "rdfcil", "refine_epochs": 2, "synthesis": {"steps": 3, "batch_size": 16}},
         "runtime": {"progress": False, "device": "cpu"},
     })
-    trainer = Trainer(config, tmp_path, _coloured_dataset())
+    trainer = Trainer(config, tmp_path, coloured_dataset())
     trainer.method = StageSpy(trainer.method.options, trainer.env)
     trainer.run()
     spy = trainer.method
@@ -173,7 +164,7 @@ def test_ablation_switches(tmp_path):
             "method": {"name": "rdfcil", **options},
             "runtime": {"progress": False, "device": "cpu"},
         })
-        return Trainer(config, tmp_path / str(len(options)), _coloured_dataset()).method
+        return Trainer(config, tmp_path / str(len(options)), coloured_dataset()).method
 
     task = type("T", (), {"num_old": 10, "num_new": 10})()
     full = method_for().loss_weights(task)

@@ -49,7 +49,7 @@ from dfcil.synthesis.dafl_losses import (
     sample_diversity_loss,
     total_variation_loss,
 )
-from dfcil.synthesis.synthesizer import InversionObjective
+from dfcil.synthesis.synthesizer import InversionObjective, validate_generator_training
 
 
 @dataclass(frozen=True)
@@ -97,15 +97,9 @@ class KnowledgeRecordingOptions:
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
-        require(self.steps >= 1, join(path, "steps"), "must be >= 1")
-        require(self.batch_size is None or self.batch_size >= 2, join(path, "batch_size"), "must be >= 2")
-        require(self.lr > 0, join(path, "lr"), "must be > 0")
-        require(self.z_dim >= 1, join(path, "z_dim"), "must be >= 1")
-        require(self.bn_eps > 0, join(path, "bn_eps"), "must be > 0")
+        validate_generator_training(self, path, ("one_hot_weight", "class_diversity_weight", "bn_weight",
+                                                 "div_weight", "activation_weight", "tv_weight"))
         require(self.div_pairs >= 1, join(path, "div_pairs"), "must be >= 1")
-        for name in ("one_hot_weight", "class_diversity_weight", "bn_weight", "div_weight", "activation_weight", "tv_weight"):
-            require(getattr(self, name) >= 0, join(path, name), "must be >= 0")
-        require(self.log_every >= 1, join(path, "log_every"), "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,18 @@ class GeneratorTrainingOptions(Protocol):
         """The generator's loss terms."""
 
 
+def validate_generator_training(options: GeneratorTrainingOptions, path: str, weights: tuple[str, ...]) -> None:
+    """Range checks shared by every generator-training section; ``weights`` must be >= 0."""
+    require(options.steps >= 1, join(path, "steps"), "must be >= 1")
+    require(options.batch_size is None or options.batch_size >= 2, join(path, "batch_size"), "must be >= 2")
+    require(options.lr > 0, join(path, "lr"), "must be > 0")
+    require(options.z_dim >= 1, join(path, "z_dim"), "must be >= 1")
+    require(options.bn_eps > 0, join(path, "bn_eps"), "must be > 0")
+    require(options.log_every >= 1, join(path, "log_every"), "must be >= 1")
+    for name in weights:
+        require(getattr(options, name) >= 0, join(path, name), "must be >= 0")
+
+
 @dataclass(frozen=True)
 class SynthesisOptions:
     """Generator training (defaults: ../shared/spec/methods.md section 1, R-DFCIL on CIFAR)."""
@@ -81,15 +93,8 @@ class SynthesisOptions:
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
-        require(self.steps >= 1, join(path, "steps"), "must be >= 1")
-        require(self.batch_size is None or self.batch_size >= 2, join(path, "batch_size"), "must be >= 2")
-        require(self.lr > 0, join(path, "lr"), "must be > 0")
-        require(self.z_dim >= 1, join(path, "z_dim"), "must be >= 1")
-        require(self.bn_eps > 0, join(path, "bn_eps"), "must be > 0")
+        validate_generator_training(self, path, ("content_weight", "diversity_weight", "bn_weight", "prior_weight"))
         require(self.content_temperature > 0, join(path, "content_temperature"), "must be > 0")
-        for name in ("content_weight", "diversity_weight", "bn_weight", "prior_weight"):
-            require(getattr(self, name) >= 0, join(path, name), "must be >= 0")
-        require(self.log_every >= 1, join(path, "log_every"), "must be >= 1")
 
 
 @dataclass
