@@ -54,7 +54,7 @@ from dfcil.synthesis.synthesizer import InversionObjective, validate_generator_t
 
 @dataclass(frozen=True)
 class KnowledgeRecordingOptions:
-    """MFGR's generator training (defaults: the paper's code, steps scaled for a CPU budget)."""
+    """MFGR's generator training (defaults: the paper and its code; scale `steps` by config)."""
 
     steps: int = 60000  # the paper: 500 epochs x 120 iterations (~5 h on an RTX 3090); scale by config
     batch_size: int | None = 512  # None: the real batch size
