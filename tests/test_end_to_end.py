@@ -45,6 +45,17 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
     if method == "finetune":
         # finetune forgets: old-class accuracy collapses far below the new one
         assert metrics["old_new_accuracy"][1]["old"] < metrics["old_new_accuracy"][1]["new"] - 30.0
+    # per-class diagnostics of every step: accuracy, and the nearest-class cosine in the model's
+    # feature space (2 classes after task 1: each one's nearest neighbour is the other)
+    per_class = metrics["per_class_accuracy_per_step"]
+    assert [len(row) for row in per_class] == [2, 4]
+    assert per_class[-1] == [entry["accuracy"] for entry in metrics["per_class_accuracy"]]
+    cosines = metrics["nearest_class_cosine_per_step"]
+    assert [len(row) for row in cosines] == [2, 4]
+    assert cosines[0][0] == pytest.approx(cosines[0][1]) and -1.0 <= cosines[0][0] < 0.99
+    groups = metrics["old_accuracy_by_similarity"]
+    assert sorted(c for g in groups for c in g["classes"]) == [0, 1]
+    assert [g["accuracy"] for g in groups] == [per_class[-1][g["classes"][0]] for g in groups]
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in log if r["event"] == "epoch"]
     per_task = len(epochs) // 2

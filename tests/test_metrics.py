@@ -9,11 +9,13 @@ import pytest
 
 from dfcil.metrics import (
     accuracy,
+    accuracy_by_similarity,
     accuracy_matrix_row,
     average_incremental_accuracy,
     forgetting,
     forgetting_per_task,
     last_accuracy,
+    nearest_class_cosine,
     old_new_accuracy,
     omega,
     per_class_accuracy,
@@ -189,3 +191,36 @@ def test_results_are_plain_floats() -> None:
     value = accuracy(PREDS, LABELS)
     assert type(value) is float and not math.isnan(value)
     assert type(forgetting(MATRIX)) is float
+
+
+def test_nearest_class_cosine_by_hand():
+    # class means: 0 -> (1, 0.1), 1 -> (0.05, 1), 2 -> (-1, 0); class 3 has no samples
+    features = np.array([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0], [0.1, 1.0], [-1.0, 0.0]])
+    labels = np.array([0, 0, 1, 1, 2])
+    cos01 = (1 * 0.05 + 0.1 * 1) / (math.hypot(1, 0.1) * math.hypot(0.05, 1))  # 0.14907
+    cos02 = -1 / math.hypot(1, 0.1)  # -0.99504
+    cos12 = -0.05 / math.hypot(0.05, 1)  # -0.04994
+    result = nearest_class_cosine(features, labels, 4)
+    assert result[0] == pytest.approx(max(cos01, cos02))
+    assert result[1] == pytest.approx(max(cos01, cos12))
+    assert result[2] == pytest.approx(max(cos02, cos12)) == pytest.approx(-0.049938, abs=1e-6)
+    assert result[3] is None
+    # one class alone has no neighbour; mean features equal up to scale give cosine 1
+    assert nearest_class_cosine(features[:2], labels[:2], 2) == [None, None]
+    assert nearest_class_cosine(np.array([[1.0, 2.0], [3.0, 6.0]]), np.array([0, 1]), 2) == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError):
+        nearest_class_cosine(features, labels, 2)
+
+
+def test_accuracy_by_similarity_groups_most_similar_first():
+    accuracies = [10.0, 20.0, None, 40.0, 50.0, 60.0, 70.0]
+    similarity = [0.9, 0.1, 0.95, 0.5, 0.8, 0.3, None]
+    groups = accuracy_by_similarity(accuracies, similarity, groups=2)
+    # known: 0 (0.9), 1 (0.1), 3 (0.5), 4 (0.8), 5 (0.3) -> sorted 0, 4, 3 | 5, 1
+    assert [g["classes"] for g in groups] == [[0, 4, 3], [5, 1]]
+    assert groups[0]["accuracy"] == pytest.approx((10 + 50 + 40) / 3)
+    assert groups[1]["accuracy"] == pytest.approx((60 + 20) / 2)
+    assert (groups[0]["min_cosine"], groups[0]["max_cosine"]) == (0.5, 0.9)
+    assert len(accuracy_by_similarity([1.0, 2.0], [0.1, 0.2], groups=5)) == 2
+    with pytest.raises(ValueError):
+        accuracy_by_similarity([1.0], [0.1, 0.2])

@@ -11,6 +11,33 @@ from dfcil.models import IncrementalClassifier
 
 
 @torch.no_grad()
+def predict(
+    model: IncrementalClassifier,
+    store: ImageStore,
+    indices: torch.Tensor,
+    normalizer: Normalizer,
+    env: RunEnv,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All-seen logits and penultimate features (float32, CPU) of the images at ``indices``,
+    model in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, features = [], []
+    try:
+        for start in range(0, len(indices), batch_size):
+            images = normalizer(store.gather(indices[start : start + batch_size]))
+            with env.autocast():
+                out = model(images)
+            logits.append(out.logits.float().cpu())
+            features.append(out.features.float().cpu())
+    finally:
+        model.train(was_training)
+    if not logits:
+        return torch.empty(0, model.num_classes), torch.empty(0, model.feature_dim)
+    return torch.cat(logits), torch.cat(features)
+
+
 def predict_logits(
     model: IncrementalClassifier,
     store: ImageStore,
@@ -20,16 +47,4 @@ def predict_logits(
     batch_size: int,
 ) -> torch.Tensor:
     """All-seen logits (float32, CPU) of the images at ``indices``, model in eval mode."""
-    was_training = model.training
-    model.eval()
-    outputs = []
-    try:
-        for start in range(0, len(indices), batch_size):
-            images = normalizer(store.gather(indices[start : start + batch_size]))
-            with env.autocast():
-                outputs.append(model(images).logits.float().cpu())
-    finally:
-        model.train(was_training)
-    if not outputs:
-        return torch.empty(0, model.num_classes)
-    return torch.cat(outputs)
+    return predict(model, store, indices, normalizer, env, batch_size)[0]

@@ -22,10 +22,13 @@ class TaskEvaluation:
     new: float | None
     task_local: list[float]
     per_class: list[float | None]
+    nearest_cosine: list[float | None] | None = None  # per seen class; None in checkpoints before it existed
 
 
-def evaluate_task(logits: torch.Tensor, labels: np.ndarray, scenario: Scenario, task: Task) -> TaskEvaluation:
-    """Metrics of one evaluation: ``logits`` (all seen classes) of test images with ``labels``."""
+def evaluate_task(logits: torch.Tensor, labels: np.ndarray, scenario: Scenario, task: Task,
+                  features: torch.Tensor | None = None) -> TaskEvaluation:
+    """Metrics of one evaluation: ``logits`` (all seen classes) and, optionally, penultimate
+    ``features`` of test images with ``labels``."""
     predictions = logits.argmax(dim=1).numpy()
     owner = scenario.class_to_task()
     old_new = metrics.old_new_accuracy(predictions, labels, task.num_old)
@@ -36,6 +39,8 @@ def evaluate_task(logits: torch.Tensor, labels: np.ndarray, scenario: Scenario, 
         new=old_new["new"],
         task_local=metrics.task_local_accuracy(logits.numpy(), labels, scenario.offsets[: task.index + 2]),
         per_class=metrics.per_class_accuracy(predictions, labels, task.num_seen),
+        nearest_cosine=None if features is None else metrics.nearest_class_cosine(features.numpy(), labels,
+                                                                                   task.num_seen),
     )
 
 
@@ -83,6 +88,14 @@ class RunResults:
                 {"position": p, "class": scenario.order[p], "name": class_names[scenario.order[p]], "accuracy": acc}
                 for p, acc in enumerate(last.per_class)
             ]
+            out["per_class_accuracy_per_step"] = [e.per_class for e in evals]
+            out["nearest_class_cosine_per_step"] = [e.nearest_cosine for e in evals]
+            if len(evals) >= 2 and evals[-2].nearest_cosine is not None:
+                # old classes of the last step, grouped by how close the old model (after the
+                # previous task) kept them to their nearest other class
+                old = len(evals[-2].per_class)
+                out["old_accuracy_by_similarity"] = metrics.accuracy_by_similarity(
+                    last.per_class[:old], evals[-2].nearest_cosine, groups=3)
         if upper_bound is not None and per_step:
             out["omega"] = metrics.omega(per_step, upper_bound[: len(per_step)])
             out["upper_bound_accuracy_per_step"] = upper_bound

@@ -29,7 +29,7 @@ from dfcil.augment import Normalizer, TrainAugment
 from dfcil.config import Config
 from dfcil.data import DatasetArrays
 from dfcil.engine import checkpoint as ckpt
-from dfcil.engine.evaluate import predict_logits
+from dfcil.engine.evaluate import predict
 from dfcil.engine.results import RunResults, evaluate_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
@@ -265,12 +265,12 @@ class Trainer:
     def _evaluate(self, task: Task) -> None:
         indices = self.test_data.indices_of(0, task.stop)
         start = time.perf_counter()
-        logits = predict_logits(
+        logits, features = predict(
             self.model, self.test_data.store, indices, self.normalizer, self.env, self.config.train.eval_batch_size
         )
         seconds = time.perf_counter() - start
         labels = self.test_data.labels[indices].numpy()
-        evaluation = evaluate_task(logits, labels, self.scenario, task)
+        evaluation = evaluate_task(logits, labels, self.scenario, task, features)
         self.results.evaluations.append(evaluation)
         self.log.append(
             {
