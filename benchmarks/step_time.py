@@ -5,12 +5,15 @@ The first task of every method here is plain cross-entropy on real images, i.e. 
 the method's extra work *measured in the same run* (same machine, same process). Reads the
 per-epoch records of ``log.jsonl`` (time_s and images of each epoch) and the run's batch size.
 
+Also reports the generator training of each task (seconds, from the synthesizer's log
+records) and its share of the run's wall-clock time (``wall_time_s`` of ``metrics.json``).
+
 Optionally (``--rkd``) times the relational-KD loss alone (forward + backward) at the run's
 batch size and R-DFCIL's projection width, to show it is not what makes a step expensive.
 
 Usage::
 
-    python benchmarks/step_time.py runs/mini/rdfcil-s0 [--rkd]
+    python benchmarks/step_time.py runs/mini/rdfcil-s0 [--per-task] [--rkd]
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import yaml
 from dfcil.losses import angle_relation_distillation
 
 
-def step_times(run_dir: Path) -> tuple[int, dict[tuple[str, str], list[float]]]:
-    """Batch size and the seconds per step of every epoch, grouped by (task group, phase)."""
+def step_times(run_dir: Path, per_task: bool = False) -> tuple[int, dict[tuple[str, str], list[float]]]:
+    """Batch size and the seconds per step of every epoch, grouped by (task group, phase):
+    task 1 and tasks 2+ together, or (``per_task``) every task on its own."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     batch_size = int(config["train"]["batch_size"])
     groups: dict[tuple[str, str], list[float]] = {}
@@ -39,9 +43,20 @@ def step_times(run_dir: Path) -> tuple[int, dict[tuple[str, str], list[float]]]:
         if record.get("event") != "epoch":
             continue
         steps = math.ceil(record["images"] / batch_size)
-        task = "task 1" if record["task"] == 1 else "tasks 2+"
+        task = f"task {record['task']}" if per_task or record["task"] == 1 else "tasks 2+"
         groups.setdefault((task, record["phase"]), []).append(record["time_s"] / steps)
     return batch_size, groups
+
+
+def generator_seconds(run_dir: Path) -> dict[int, float]:
+    """Seconds of generator training per task: steps / (cumulative steps per second) of the
+    last synthesis record of each task."""
+    seconds: dict[int, float] = {}
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") == "synthesis":
+            seconds[record["task"]] = record["step"] / record["steps_per_s"]
+    return seconds
 
 
 def rkd_seconds(batch_size: int, width: int, repeats: int = 20) -> float:
@@ -59,10 +74,11 @@ def rkd_seconds(batch_size: int, width: int, repeats: int = 20) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--per-task", action="store_true", help="one row per task instead of tasks 2+ together")
     parser.add_argument("--rkd", action="store_true", help="also time the relational-KD loss alone")
     parser.add_argument("--rkd-width", type=int, default=128, help="projection width 2d (ResNet-32: 128)")
     args = parser.parse_args()
-    batch_size, groups = step_times(args.run_dir)
+    batch_size, groups = step_times(args.run_dir, args.per_task)
     base = statistics.median(groups[("task 1", "main")])
     print(f"{args.run_dir}: batch {batch_size}, median over epochs")
     print("| tasks | phase | epochs | ms / step | x first task |")
@@ -70,6 +86,14 @@ def main() -> int:
     for (task, phase), values in groups.items():
         median = statistics.median(values)
         print(f"| {task} | {phase} | {len(values)} | {1000 * median:.1f} | {median / base:.2f} |")
+    generator = generator_seconds(args.run_dir)
+    if generator:
+        metrics_file = args.run_dir / "metrics.json"
+        wall = json.loads(metrics_file.read_text()).get("wall_time_s") if metrics_file.exists() else None
+        total = sum(generator.values())
+        print("generator training: " + ", ".join(f"task {t} {s / 60:.1f} min" for t, s in sorted(generator.items()))
+              + f"; total {total / 60:.1f} min" + (f" = {100 * total / wall:.0f} % of the run's {wall / 60:.1f} min"
+                                                  if wall else ""))
     if args.rkd:
         seconds = rkd_seconds(batch_size, args.rkd_width)
         print(f"relational KD loss alone (B={batch_size}, width {args.rkd_width}, fwd+bwd, "

@@ -224,3 +224,28 @@ def test_accuracy_by_similarity_groups_most_similar_first():
     assert len(accuracy_by_similarity([1.0, 2.0], [0.1, 0.2], groups=5)) == 2
     with pytest.raises(ValueError):
         accuracy_by_similarity([1.0], [0.1, 0.2])
+
+
+def test_task_evaluation_separates_old_class_discrimination_from_new_class_bias():
+    import torch
+
+    from dfcil.config import ScenarioConfig
+    from dfcil.engine.results import evaluate_task
+    from dfcil.scenario import build_scenario
+
+    scenario = build_scenario(ScenarioConfig(order="identity", num_tasks=2), 4)
+    task = scenario.tasks[1]  # old classes 0, 1; new 2, 3
+    #                     logits over classes 0..3             label  all-seen  among old
+    logits = torch.tensor([[2.0, 1.0, 3.0, 0.0],  # 0      wrong (2)  right (0)
+                           [1.0, 2.0, 0.0, 0.0],  # 0      wrong (1)  wrong (1)
+                           [0.0, 1.0, 0.0, 5.0],  # 1      wrong (3)  right (1)
+                           [0.0, 0.0, 4.0, 1.0]])  # 2     right      -
+    labels = np.array([0, 0, 1, 2])
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    evaluation = evaluate_task(logits, labels, scenario, task, features)
+    assert evaluation.per_class == [0.0, 0.0, 100.0, None]
+    assert evaluation.per_old_class_among_old == [50.0, 100.0]
+    assert evaluation.nearest_cosine[0] == pytest.approx(math.sqrt(0.5))
+    assert evaluation.nearest_cosine[3] is None
+    first = evaluate_task(logits[:3, :2], labels[:3], scenario, scenario.tasks[0])
+    assert first.per_old_class_among_old is None and first.nearest_cosine is None

@@ -23,6 +23,7 @@ class TaskEvaluation:
     task_local: list[float]
     per_class: list[float | None]
     nearest_cosine: list[float | None] | None = None  # per seen class; None in checkpoints before it existed
+    per_old_class_among_old: list[float | None] | None = None  # argmax over old classes only; None at task 1
 
 
 def evaluate_task(logits: torch.Tensor, labels: np.ndarray, scenario: Scenario, task: Task,
@@ -31,6 +32,12 @@ def evaluate_task(logits: torch.Tensor, labels: np.ndarray, scenario: Scenario, 
     ``features`` of test images with ``labels``."""
     predictions = logits.argmax(dim=1).numpy()
     owner = scenario.class_to_task()
+    among_old = None
+    if task.num_old:
+        # discrimination between the old classes alone, free of the bias towards the new ones
+        is_old = labels < task.num_old
+        among_old = metrics.per_class_accuracy(logits[torch.from_numpy(is_old), : task.num_old].argmax(dim=1).numpy(),
+                                               labels[is_old], task.num_old)
     old_new = metrics.old_new_accuracy(predictions, labels, task.num_old)
     return TaskEvaluation(
         matrix_row=metrics.accuracy_matrix_row(predictions, labels, owner, task.index),
@@ -41,6 +48,7 @@ def evaluate_task(logits: torch.Tensor, labels: np.ndarray, scenario: Scenario, 
         per_class=metrics.per_class_accuracy(predictions, labels, task.num_seen),
         nearest_cosine=None if features is None else metrics.nearest_class_cosine(features.numpy(), labels,
                                                                                    task.num_seen),
+        per_old_class_among_old=among_old,
     )
 
 
@@ -90,12 +98,16 @@ class RunResults:
             ]
             out["per_class_accuracy_per_step"] = [e.per_class for e in evals]
             out["nearest_class_cosine_per_step"] = [e.nearest_cosine for e in evals]
+            out["per_old_class_accuracy_among_old_per_step"] = [e.per_old_class_among_old for e in evals]
             if len(evals) >= 2 and evals[-2].nearest_cosine is not None:
                 # old classes of the last step, grouped by how close the old model (after the
                 # previous task) kept them to their nearest other class
                 old = len(evals[-2].per_class)
                 out["old_accuracy_by_similarity"] = metrics.accuracy_by_similarity(
                     last.per_class[:old], evals[-2].nearest_cosine, groups=3)
+                if last.per_old_class_among_old is not None:
+                    out["old_accuracy_among_old_by_similarity"] = metrics.accuracy_by_similarity(
+                        last.per_old_class_among_old, evals[-2].nearest_cosine, groups=3)
         if upper_bound is not None and per_step:
             out["omega"] = metrics.omega(per_step, upper_bound[: len(per_step)])
             out["upper_bound_accuracy_per_step"] = upper_bound
