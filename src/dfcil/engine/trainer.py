@@ -29,7 +29,7 @@ from dfcil.augment import Normalizer, TrainAugment
 from dfcil.config import Config
 from dfcil.data import DatasetArrays
 from dfcil.engine import checkpoint as ckpt
-from dfcil.engine.evaluate import predict
+from dfcil.engine.evaluate import predict, predict_logits
 from dfcil.engine.results import RunResults, evaluate_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
@@ -132,6 +132,8 @@ class Trainer:
             image_size=int(dataset.train.images.shape[1]),
             output_dir=run_dir,
             log=self.log.append,
+            test_accuracy=self._test_accuracy,
+            task_sizes=tuple(t.num_new for t in self.scenario.tasks),
         )
         options = parse_method_options(config.method)
         self.method: Method = method_class(config.method_name)(options, self.env)
@@ -262,6 +264,14 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------------
+    def _test_accuracy(self, model: IncrementalClassifier, num_classes: int) -> float:
+        """Accuracy (%) of ``model`` on the test images of the first ``num_classes`` classes."""
+        indices = self.test_data.indices_of(0, num_classes)
+        logits = predict_logits(model, self.test_data.store, indices, self.normalizer, self.env,
+                                self.config.train.eval_batch_size)
+        labels = self.test_data.labels[indices]
+        return 100.0 * float((logits[:, :num_classes].argmax(dim=1) == labels).float().mean())
+
     def _evaluate(self, task: Task) -> None:
         indices = self.test_data.indices_of(0, task.stop)
         start = time.perf_counter()
@@ -305,6 +315,9 @@ class Trainer:
                 "wall_time_s": round(self.wall_time_s, 3),
             }
         )
+        diagnostics = self.method.diagnostics()
+        if diagnostics:
+            out["method_diagnostics"] = diagnostics
         return out
 
     def _save(self, position: ckpt.Position, optimizer: Any = None, scheduler: Any = None) -> None:

@@ -14,9 +14,10 @@ from dfcil.methods.joint import Joint
 from dfcil.methods.lwf import LwF
 from dfcil.methods.mfgr import MFGR
 from dfcil.methods.rdfcil import RDFCIL
+from dfcil.methods.skd import SKD
 from dfcil.schema import from_dict
 
-METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL, MFGR)})
+METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL, MFGR, SKD)})
 
 
 def method_class(name: str) -> type[Method]:

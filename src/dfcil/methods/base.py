@@ -98,6 +98,10 @@ class RunEnv:
     image_size: int  # side of the (square) training images
     output_dir: Path  # the run directory, for artefacts such as synthetic-sample grids
     log: Callable[[dict[str, Any]], None]  # append a record to the run's log.jsonl
+    # accuracy (%) of a model's all-seen logits on the test images of the first ``n`` classes of
+    # the order: for diagnostics only (e.g. SKD's delegator check), never for training
+    test_accuracy: Callable[[IncrementalClassifier, int], float] | None = None
+    task_sizes: tuple[int, ...] = ()  # classes of every task of the run, in order
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on the run's device when ``precision`` is bf16, else a no-op."""
@@ -147,6 +151,11 @@ class Method:
     def aux_modules(self) -> nn.Module | None:
         """Learnable modules owned by the method, optimised in phases with ``trainable="all"``."""
         return None
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Method-specific figures for ``metrics.json`` (under ``method_diagnostics``); keep
+        them in :meth:`state_dict` so that a resumed run still reports them."""
+        return {}
 
     # --- resumable state --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

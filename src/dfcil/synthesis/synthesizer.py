@@ -214,22 +214,12 @@ class Synthesizer:
                   denormalize: Callable[[torch.Tensor], torch.Tensor], per_class: int = 8,
                   max_batches: int = 4) -> None:
         """PNG grid of synthetic samples: one row per class the old model predicts (up to ``per_class``)."""
-        rows: dict[int, list[torch.Tensor]] = {}
-        for _ in range(max_batches):
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
             batch = self.sample(old_model, 256, num_old)
-            for image, label in zip(batch.images, batch.labels.tolist()):
-                if len(rows.setdefault(label, [])) < per_class:
-                    rows[label].append(image)
-            if len(rows) == num_old and all(len(r) == per_class for r in rows.values()):
-                break
-        size = self.image_size
-        grid = np.full((max(len(rows), 1) * (size + 2), per_class * (size + 2), 3), 255, dtype=np.uint8)
-        for r, label in enumerate(sorted(rows)):
-            pixels = denormalize(torch.stack(rows[label])).clamp(0, 1).mul(255).round().byte()
-            pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
-            for c, image in enumerate(pixels):
-                grid[r * (size + 2) + 1 : r * (size + 2) + 1 + size, c * (size + 2) + 1 : c * (size + 2) + 1 + size] = image
-        atomic_write(path, lambda handle: Image.fromarray(grid).save(handle, format="PNG"))
+            return batch.images, batch.labels
+
+        save_sample_grid(draw, num_old, self.image_size, path, denormalize, per_class, max_batches)
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any] | None:
@@ -248,3 +238,29 @@ class Synthesizer:
         self.generator.load_state_dict(state["generator"])
         self.generator.eval()
         self.optimizer_state = state["optimizer"]
+
+
+def save_sample_grid(draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], num_classes: int, image_size: int,
+                     path: Path, denormalize: Callable[[torch.Tensor], torch.Tensor], per_class: int = 8,
+                     max_batches: int = 4) -> None:
+    """PNG grid of synthetic images, one row per predicted class (up to ``per_class`` each).
+
+    ``draw()`` returns a batch of normalised images and their predicted labels; at most
+    ``max_batches`` batches are drawn to fill the rows.
+    """
+    rows: dict[int, list[torch.Tensor]] = {}
+    for _ in range(max_batches):
+        images, labels = draw()
+        for image, label in zip(images, labels.tolist()):
+            if len(rows.setdefault(label, [])) < per_class:
+                rows[label].append(image)
+        if len(rows) == num_classes and all(len(r) == per_class for r in rows.values()):
+            break
+    size = image_size
+    grid = np.full((max(len(rows), 1) * (size + 2), per_class * (size + 2), 3), 255, dtype=np.uint8)
+    for r, label in enumerate(sorted(rows)):
+        pixels = denormalize(torch.stack(rows[label])).clamp(0, 1).mul(255).round().byte()
+        pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        for c, image in enumerate(pixels):
+            grid[r * (size + 2) + 1 : r * (size + 2) + 1 + size, c * (size + 2) + 1 : c * (size + 2) + 1 + size] = image
+    atomic_write(path, lambda handle: Image.fromarray(grid).save(handle, format="PNG"))

@@ -1,0 +1,205 @@
+"""SKD's self-distilled knowledge delegator, trained by imitate & explore.
+
+The delegator D is a DFAD-shaped generator (z-dim 256; Linear -> BN -> [upsample, conv, BN,
+LeakyReLU] x 2 -> conv -> tanh -> helper BN(3, affine=False), i.e. the generator of
+:mod:`dfcil.synthesis.generator` with a 256-d latent). Against a frozen model T it is trained
+with a re-initialised student S of T's architecture (../shared/spec/methods.md section 5):
+
+* imitate (``imitate_steps`` = 5 per iteration): S minimises
+  ``psi = 1 - cos(nor(F_T(x)), nor(F_S(x)))`` (batch mean, pooled penultimate features) on
+  detached delegator images; SGD lr 0.1, momentum 0.9, wd 5e-4;
+* explore (1 per iteration): D minimises ``lambda * (-psi) + L_cat + L_div + R_feature`` with
+  ``L_cat = CE(T(x), argmax T(x))``, ``L_div = sum_k w_k log w_k`` (w = batch-mean softmax of
+  T) and ``R_feature`` = sum over T's BN layers of ``||mu - mu_run||_2 + ||var - var_run||_2``;
+  Adam lr 1e-3. S stays in train mode (its BN statistics follow the delegator's images); it is
+  stepped in explore only with ``step_student_in_explore``.
+* both learning rates drop by ``lr_decay_factor`` every ``lr_decay_every`` iterations.
+
+Unlike the per-task generators of the other methods, the delegator continues from the
+previous task's delegator (SKD's continual delegator, ``continual: true``); S is new each task.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from dfcil.hooks import BatchNormInputs
+from dfcil.models import IncrementalClassifier
+from dfcil.schema import join, require
+from dfcil.synthesis.dafl_losses import class_diversity_loss, one_hot_loss
+from dfcil.synthesis.generator import Generator, build_generator
+
+
+def feature_cosine_discrepancy(teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
+    """SKD's ``psi = mean_i 1 - cos(nor(f_T_i), nor(f_S_i))``: 0 for identical directions, 2 for
+    opposite ones (float32)."""
+    return (1.0 - F.cosine_similarity(teacher_features.float(), student_features.float(), dim=1, eps=1e-8)).mean()
+
+
+def bn_moment_sum(stats: list[Any]) -> torch.Tensor:
+    """SKD's ``R_feature``: sum over BN layers of ``||mu_batch - mu_run||_2 + ||var_batch - var_run||_2``."""
+    if not stats:
+        raise ValueError("the model has no BatchNorm layer to align with")
+    return torch.stack([
+        torch.linalg.vector_norm(s.mean - s.running_mean.float()) + torch.linalg.vector_norm(s.var - s.running_var.float())
+        for s in stats
+    ]).sum()
+
+
+@dataclass(frozen=True)
+class DelegatorOptions:
+    """Training of the knowledge delegator (defaults: the paper, iterations scaled by config)."""
+
+    iterations: int = 15000  # explore steps; ~300 epochs x 50 iterations (the paper states no count)
+    imitate_steps: int = 5
+    batch_size: int = 256
+    z_dim: int = 256
+    bn_eps: float = 0.8
+    student_lr: float = 0.1
+    student_momentum: float = 0.9
+    student_weight_decay: float = 5e-4
+    delegator_lr: float = 1e-3
+    lr_decay_every: int = 5000  # iterations (the paper: every 100 epochs)
+    lr_decay_factor: float = 0.1
+    explore_weight: float = 1.0  # lambda (20 for fine-grained Flowers-102)
+    category_weight: float = 1.0
+    diversity_weight: float = 1.0
+    bn_weight: float = 1.0
+    step_student_in_explore: bool = False
+    continual: bool = True  # start each task from the previous task's delegator
+    log_every: int = 100
+
+    def validate(self, path: str) -> None:
+        """Check value ranges."""
+        for name in ("iterations", "batch_size", "z_dim", "lr_decay_every", "log_every"):
+            require(getattr(self, name) >= 1, join(path, name), "must be >= 1")
+        require(self.batch_size >= 2, join(path, "batch_size"), "must be >= 2")
+        require(self.imitate_steps >= 0, join(path, "imitate_steps"), "must be >= 0")
+        for name in ("student_lr", "delegator_lr", "bn_eps"):
+            require(getattr(self, name) > 0, join(path, name), "must be > 0")
+        require(0 < self.lr_decay_factor <= 1, join(path, "lr_decay_factor"), "must be in (0, 1]")
+        require(0 <= self.student_momentum < 1, join(path, "student_momentum"), "must be in [0, 1)")
+        for name in ("student_weight_decay", "explore_weight", "category_weight", "diversity_weight", "bn_weight"):
+            require(getattr(self, name) >= 0, join(path, name), "must be >= 0")
+
+
+def _teacher_outputs(teacher: IncrementalClassifier, images: torch.Tensor, num_old: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out = teacher(images)
+    return out.features, out.logits[:, :num_old]
+
+
+class KnowledgeDelegator:
+    """The delegator D of one run; trained before every incremental task against the current model."""
+
+    def __init__(self, options: DelegatorOptions, image_size: int, device: torch.device,
+                 autocast: Callable[[], Any], rng: torch.Generator, channels_last: bool) -> None:
+        self.options = options
+        self.image_size = image_size
+        self.device = device
+        self.autocast = autocast
+        self.rng = rng
+        self.channels_last = channels_last
+        self.generator: Generator | None = None
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def train(self, teacher: IncrementalClassifier, student: IncrementalClassifier, num_old: int,
+              log: Callable[[dict[str, Any]], None]) -> dict[str, float]:
+        """Imitate & explore against the frozen ``teacher`` with the freshly initialised ``student``
+        (same architecture; its heads are not used). Returns the last logged averages."""
+        opts = self.options
+        if self.generator is None or not opts.continual:
+            self.generator = build_generator(self.image_size, opts.z_dim, opts.bn_eps).to(self.device)
+        delegator = self.generator
+        teacher.eval()
+        student.train()
+        delegator.train()
+        student_opt = torch.optim.SGD(student.backbone.parameters(), lr=opts.student_lr,
+                                      momentum=opts.student_momentum, weight_decay=opts.student_weight_decay)
+        delegator_opt = torch.optim.Adam(delegator.parameters(), lr=opts.delegator_lr)
+        stepped = [delegator_opt]
+        if opts.imitate_steps or opts.step_student_in_explore:
+            stepped.append(student_opt)
+        schedules = [torch.optim.lr_scheduler.StepLR(o, opts.lr_decay_every, opts.lr_decay_factor) for o in stepped]
+        sums: dict[str, float] = {}
+        window = 0
+        last: dict[str, float] = {}
+        start = time.perf_counter()
+        for iteration in range(1, opts.iterations + 1):
+            imitate = 0.0
+            for _ in range(opts.imitate_steps):
+                with torch.no_grad(), self.autocast():
+                    images = self._layout(delegator(delegator.sample_latent(opts.batch_size, self.device, self.rng)))
+                    teacher_features = teacher(images).features
+                with self.autocast():
+                    loss = feature_cosine_discrepancy(teacher_features, student.features(images))
+                student_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                student_opt.step()
+                imitate += float(loss.detach()) / opts.imitate_steps
+            with self.autocast(), BatchNormInputs(teacher) as bn:
+                images = self._layout(delegator(delegator.sample_latent(opts.batch_size, self.device, self.rng)))
+                teacher_features, logits = _teacher_outputs(teacher, images, num_old)
+                psi = feature_cosine_discrepancy(teacher_features, student.features(images))
+                terms = {
+                    "explore": -psi,
+                    "category": one_hot_loss(logits.float()),
+                    "diversity": class_diversity_loss(logits),
+                    "bn": bn_moment_sum(bn.stats),
+                }
+            weights = {"explore": opts.explore_weight, "category": opts.category_weight,
+                       "diversity": opts.diversity_weight, "bn": opts.bn_weight}
+            total = sum(weights[name] * value for name, value in terms.items())
+            delegator_opt.zero_grad(set_to_none=True)
+            student_opt.zero_grad(set_to_none=True)
+            total.backward()
+            delegator_opt.step()
+            if opts.step_student_in_explore:
+                student_opt.step()
+            for schedule in schedules:
+                schedule.step()
+            probs = torch.softmax(logits.detach().float(), dim=1)
+            values = {"imitate_psi": imitate, "explore_psi": float(psi.detach()), "total": float(total.detach()),
+                      **{name: float(v.detach()) for name, v in terms.items() if name != "explore"},
+                      "confidence": float(probs.max(dim=1).values.mean()),
+                      "coverage": len(torch.unique(probs.argmax(dim=1))) / num_old}
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+            window += 1
+            if iteration % opts.log_every == 0 or iteration == opts.iterations:
+                last = {k: v / window for k, v in sums.items()}
+                seconds = time.perf_counter() - start
+                log({"event": "delegator", "iteration": iteration, **last, "iterations_per_s": iteration / seconds,
+                     "seconds": seconds})
+                sums, window = {}, 0
+        delegator.eval()
+        student.eval()
+        return last
+
+    @torch.no_grad()
+    def generate(self, count: int) -> torch.Tensor:
+        """``count`` pseudo images (delegator in eval mode), normalised units."""
+        assert self.generator is not None, "the delegator has not been trained yet"
+        self.generator.eval()
+        with self.autocast():
+            images = self.generator(self.generator.sample_latent(count, self.device, self.rng))
+        return self._layout(images.float())
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The delegator's weights (None before its first training)."""
+        return None if self.generator is None else self.generator.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`state_dict`."""
+        if state is None:
+            self.generator = None
+            return
+        self.generator = build_generator(self.image_size, self.options.z_dim, self.options.bn_eps).to(self.device)
+        self.generator.load_state_dict(state)
+        self.generator.eval()
