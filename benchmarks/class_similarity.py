@@ -8,7 +8,7 @@ girl / man) much more than distinct ones, and generative replay protects them. E
 (most similar first), cuts them into equal groups, and reports each run's final accuracy on
 each group, so that all runs are compared on the same classes. Only the reference must have
 the similarities (runs of dfcil before they were recorded still give their final per-class
-accuracy); the grouping of each run that has them by its own old model is reported too.
+accuracy). Two accuracies are grouped: task-agnostic, and among the old classes only.
 
 Usage::
 
@@ -50,17 +50,36 @@ def has_similarity(data: dict[str, Any]) -> bool:
     return len(steps) >= 2 and steps[-2] is not None
 
 
-def final_per_class(data: dict[str, Any]) -> list[float | None]:
-    """Final per-class accuracy by class position."""
-    return [entry["accuracy"] for entry in data["per_class_accuracy"]]
+KINDS = {
+    "all-seen": "final per-class accuracy, task-agnostic (argmax over all seen classes)",
+    "among-old": "final per-class accuracy with the argmax restricted to the old classes: how well the "
+                 "model still tells the old classes apart, free of its bias towards the new ones",
+}
 
 
-def old_class_groups(reference: dict[str, Any], run: dict[str, Any], groups: int) -> list[dict[str, Any]]:
+def final_per_class(data: dict[str, Any], kind: str) -> list[float | None] | None:
+    """Final per-class accuracy by class position (``None`` if the run did not record it)."""
+    if kind == "all-seen":
+        return [entry["accuracy"] for entry in data["per_class_accuracy"]]
+    steps = data.get("per_old_class_accuracy_among_old_per_step") or []
+    return steps[-1] if steps else None
+
+
+def old_class_groups(reference: dict[str, Any], run: dict[str, Any], groups: int,
+                     kind: str) -> list[dict[str, Any]] | None:
     """``run``'s final accuracy of the old classes grouped by ``reference``'s old-model similarity."""
     if reference["class_order"] != run["class_order"] or reference["tasks"] != run["tasks"]:
         raise SystemExit("class_similarity: the runs use different class orders or splits")
     similarity = reference["nearest_class_cosine_per_step"][-2]
-    return accuracy_by_similarity(final_per_class(run)[: len(similarity)], similarity, groups)
+    accuracies = final_per_class(run, kind)
+    if accuracies is None:
+        return None
+    return accuracy_by_similarity(accuracies[: len(similarity)], similarity, groups)
+
+
+def label(path: Path) -> str:
+    """A run's name: its directory's."""
+    return path.name if path.is_dir() else path.parent.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,16 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=3)
     parser.add_argument("-o", "--output", type=Path, help="Markdown file to write (and .json beside it)")
     args = parser.parse_args(argv)
-    runs = {path.name if path.is_dir() else path.parent.name: load_metrics(path, need_similarity=False)
-            for path in args.runs}
+    runs = {label(path): load_metrics(path, need_similarity=False) for path in args.runs}
     reference_path = args.reference or args.runs[0]
     reference = load_metrics(reference_path, need_similarity=True)
-    ref_name = reference_path.name if reference_path.is_dir() else reference_path.parent.name
-
-    common = {name: old_class_groups(reference, data, args.groups) for name, data in runs.items()}
-    own = {name: old_class_groups(data, data, args.groups) for name, data in runs.items() if has_similarity(data)}
-    names = {p: entry["name"] for data in runs.values() for p, entry in enumerate(data["per_class_accuracy"])}
-    first = next(iter(common.values()))
+    names = {p: entry["name"] for p, entry in enumerate(reference["per_class_accuracy"])}
 
     lines = [
         "# Old-class accuracy by similarity in the old model's feature space",
@@ -88,32 +101,37 @@ def main(argv: list[str] | None = None) -> int:
         f"--reference {reference_path} --groups {args.groups}`.",
         "",
         "Old classes = the classes of tasks 1..N-1. Similarity of a class = cosine between its mean "
-        "test feature and the nearest other old class's mean, in the model after task N-1. "
-        "Accuracy = final (after task N) per-class test accuracy, task-agnostic, averaged over the group.",
+        "test feature and the nearest other old class's mean, in the model after task N-1 "
+        f"(the old model of the last step) of `{label(reference_path)}`; the classes are ranked by it "
+        f"and cut into {args.groups} groups, the same for every run. Accuracy = mean over the group of:",
         "",
-        f"## Groups from the old model of `{ref_name}`",
-        "",
-        "| group | nearest-class cosine | classes | " + " | ".join(runs) + " |",
-        "|---|---|---|" + "---|" * len(runs),
+        *[f"- **{kind}**: {text}" for kind, text in KINDS.items()],
     ]
-    for g, group in enumerate(first):
-        members = ", ".join(names.get(c, str(c)) for c in group["classes"])
-        accs = " | ".join(f"{common[name][g]['accuracy']:.1f}" for name in runs)
-        lines.append(f"| {g + 1} ({'most similar' if g == 0 else 'least similar' if g == len(first) - 1 else 'middle'})"
-                     f" | {group['min_cosine']:.3f} - {group['max_cosine']:.3f} | {members} | {accs} |")
-    if own:
-        lines += ["", "## Each run grouped by its own old model", "",
-                  "| run | " + " | ".join(f"group {g + 1}" for g in range(len(first))) + " |",
-                  "|---|" + "---|" * len(first)]
-        for name, groups in own.items():
-            cells = " | ".join(f"{g['accuracy']:.1f} (cos {g['min_cosine']:.2f}-{g['max_cosine']:.2f})"
-                               for g in groups)
-            lines.append(f"| {name} | {cells} |")
+    report: dict[str, Any] = {"reference": label(reference_path), "kinds": {}}
+    for kind in KINDS:
+        common = {name: old_class_groups(reference, data, args.groups, kind) for name, data in runs.items()}
+        shown = {name: groups for name, groups in common.items() if groups is not None}
+        if not shown:
+            continue
+        report["kinds"][kind] = shown
+        first = next(iter(shown.values()))
+        lines += ["", f"## {kind}", "",
+                  "| group | nearest-class cosine | classes | " + " | ".join(shown) + " |",
+                  "|---|---|---|" + "---|" * len(shown)]
+        for g, group in enumerate(first):
+            members = ", ".join(names.get(c, str(c)) for c in group["classes"])
+            accs = " | ".join(f"{shown[name][g]['accuracy']:.1f}" for name in shown)
+            where = "most similar" if g == 0 else "least similar" if g == len(first) - 1 else "middle"
+            lines.append(f"| {g + 1} ({where}) | {group['min_cosine']:.3f} - {group['max_cosine']:.3f} | {members} "
+                         f"| {accs} |")
+        missing = sorted(set(common) - set(shown))
+        if missing:
+            lines += ["", f"(not recorded by {', '.join(missing)}: runs of an older dfcil)"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
         write_text(args.output, text)
-        write_json(args.output.with_suffix(".json"), {"reference": ref_name, "common": common, "own": own})
+        write_json(args.output.with_suffix(".json"), report)
     return 0
 
 
