@@ -194,6 +194,7 @@ def test_heads_and_offsets() -> None:
     assert model.num_tasks == 2
     assert model.num_classes == 8
     assert model.task_offsets == [0, 5, 8]
+    assert model.head_sizes == [5, 3]
     assert all(h.bias is None for h in model.heads)
     with pytest.raises(ValueError):
         model.add_head(0)

@@ -12,7 +12,8 @@ import torch
 from dfcil.cli import main
 from dfcil.hooks import BatchNormInput
 from dfcil.methods.skd import classification_weight
-from dfcil.synthesis.delegator import DelegatorOptions, KnowledgeDelegator, bn_moment_sum, feature_cosine_discrepancy
+from dfcil.synthesis.dafl_losses import bn_moment_loss
+from dfcil.synthesis.delegator import DelegatorOptions, KnowledgeDelegator, feature_cosine_discrepancy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -44,7 +45,8 @@ def test_bn_alignment_sums_the_layers():
     zero, one = torch.zeros(2), torch.ones(2)
     stats = [BatchNormInput(mean=torch.tensor([3.0, 4.0]), var=one, running_mean=zero, running_var=one),
              BatchNormInput(mean=zero, var=torch.tensor([1.0, 3.0]), running_mean=zero, running_var=one)]
-    assert bn_moment_sum(stats).item() == pytest.approx(5.0 + 2.0)
+    assert bn_moment_loss(stats, reduction="sum").item() == pytest.approx(5.0 + 2.0)
+    assert bn_moment_loss(stats).item() == pytest.approx((5.0 + 2.0) / 2)
 
 
 def _agreement(teacher, student, images: torch.Tensor) -> tuple[float, float]:

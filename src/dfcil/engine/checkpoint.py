@@ -81,13 +81,12 @@ def load(run_dir: Path, config: Config) -> Checkpoint | None:
 
 def save_task_model(run_dir: Path, task_index: int, model: IncrementalClassifier, scenario: Scenario) -> None:
     """Weights of the model after ``task_index`` (for inspection and deployment)."""
-    offsets = model.task_offsets
     torch_save(
         run_dir / "checkpoints" / f"task_{task_index + 1}.pt",
         {
             "format": FORMAT_VERSION,
-            "head_sizes": [b - a for a, b in zip(offsets[:-1], offsets[1:])],
-            "class_order": scenario.order[: offsets[-1]],
+            "head_sizes": model.head_sizes,
+            "class_order": scenario.order[: model.num_classes],
             "model": model.state_dict(),
         },
     )

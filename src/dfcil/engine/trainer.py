@@ -326,7 +326,7 @@ class Trainer:
             ckpt.Checkpoint(
                 fingerprint=ckpt.run_fingerprint(self.config),
                 position=position,
-                head_sizes=_head_sizes(self.model),
+                head_sizes=self.model.head_sizes,
                 model=self.model.state_dict(),
                 method=self.method.state_dict(),
                 optimizer=None if optimizer is None else optimizer.state_dict(),
@@ -365,7 +365,7 @@ class Trainer:
             mid_task = resume is not None and not position.task_done and task.index == position.task
             if not mid_task:
                 if self.method.resets_model(task):
-                    self.model = self.make_model(_head_sizes(self.model))
+                    self.model = self.make_model(self.model.head_sizes)
                 self.method.prepare_task(self.model, task)
                 self.model.add_head(task.num_new)
                 # a resumed run must not redo prepare_task (e.g. generator training)
@@ -411,11 +411,6 @@ class Trainer:
         final = self.metrics()
         write_json(self.run_dir / "metrics.json", final)
         return final
-
-
-def _head_sizes(model: IncrementalClassifier) -> list[int]:
-    offsets = model.task_offsets
-    return [b - a for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def _fmt(value: float | None) -> str:

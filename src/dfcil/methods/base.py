@@ -26,6 +26,7 @@ from torch import nn
 
 from dfcil.augment import Normalizer
 from dfcil.config import TrainConfig
+from dfcil.losses import cross_entropy_seen
 from dfcil.models import IncrementalClassifier, frozen_copy
 from dfcil.scenario import Task
 
@@ -166,6 +167,13 @@ class Method:
         """Restore :meth:`state_dict`."""
 
 
+def seen_cross_entropy_step(model: IncrementalClassifier, batch: Batch, task: Task) -> StepResult:
+    """The plain step: CE over the classes seen so far on real data (finetune, and every
+    method's first task)."""
+    logits = model(batch.images).logits
+    return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)
+
+
 class OldModel:
     """The frozen model of the end of the previous task (eval mode, no gradients).
 
@@ -190,8 +198,7 @@ class OldModel:
         """Head sizes and weights, or None."""
         if self.model is None:
             return None
-        sizes = [b - a for a, b in zip(self.model.task_offsets[:-1], self.model.task_offsets[1:])]
-        return {"head_sizes": sizes, "weights": self.model.state_dict()}
+        return {"head_sizes": self.model.head_sizes, "weights": self.model.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any] | None, env: RunEnv) -> None:
         """Rebuild the frozen model from :meth:`state_dict`."""

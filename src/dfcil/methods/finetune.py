@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dfcil.losses import cross_entropy_seen
-from dfcil.methods.base import Batch, Loss, Method, Phase, StepResult
+from dfcil.methods.base import Batch, Method, Phase, StepResult, seen_cross_entropy_step
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Task
 
@@ -16,5 +15,4 @@ class Finetune(Method):
 
     def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
         """CE over the classes seen so far."""
-        logits = model(batch.images).logits
-        return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)
+        return seen_cross_entropy_step(model, batch, task)

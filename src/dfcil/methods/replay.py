@@ -12,8 +12,7 @@ from typing import Any
 import torch
 
 from dfcil.atomic import torch_save
-from dfcil.losses import cross_entropy_seen
-from dfcil.methods.base import Batch, Loss, Method, OldModel, RunEnv, StepResult
+from dfcil.methods.base import Batch, Method, OldModel, RunEnv, StepResult, seen_cross_entropy_step
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Task
 from dfcil.synthesis import Synthesizer
@@ -48,8 +47,7 @@ class SyntheticReplayMethod(Method):
 
     def plain_step(self, model: IncrementalClassifier, batch: Batch, task: Task) -> StepResult:
         """The first task's step: CE over the seen classes on real data."""
-        logits = model(batch.images).logits
-        return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)
+        return seen_cross_entropy_step(model, batch, task)
 
     def real_and_synthetic(self, batch: Batch) -> torch.Tensor:
         """The real batch followed by as many fresh synthetic images (one forward for both)."""

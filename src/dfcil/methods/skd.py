@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from dfcil.losses import cross_entropy_seen
-from dfcil.methods.base import Batch, Loss, Method, OldModel, RunEnv, StepResult
+from dfcil.methods.base import Batch, Loss, Method, OldModel, RunEnv, StepResult, seen_cross_entropy_step
 from dfcil.models import IncrementalClassifier, frozen_copy
 from dfcil.scenario import Task
 from dfcil.schema import join, require
@@ -81,7 +81,7 @@ class SKD(Method):
         if task.num_old == 0 or self.old.model is None:
             return
         teacher = self.old.model
-        student = self.env.make_model(teacher_head_sizes(teacher))  # random initialisation
+        student = self.env.make_model(teacher.head_sizes)  # random initialisation
         log = lambda record: self.env.log({**record, "task": task.index + 1})  # noqa: E731
         self.delegator.train(teacher, student, task.num_old, log)
         if self.options.delegator_check and self.env.test_accuracy is not None:
@@ -116,14 +116,13 @@ class SKD(Method):
     def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Any) -> StepResult:
         """Plain CE in the first task; gamma_n * CE + feature consolidation afterwards."""
         if task.num_old == 0:
-            logits = model(batch.images).logits
-            return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)
+            return seen_cross_entropy_step(model, batch, task)
         real = len(batch.labels)
-        pseudo, pseudo_labels = self._pseudo_batch(real)
-        images = torch.cat([batch.images, pseudo.to(batch.images.dtype)])
-        labels = torch.cat([batch.labels, pseudo_labels])
+        images = torch.cat([batch.images, self.delegator.generate(real).to(batch.images.dtype)])
+        teacher = self.old(images)  # one forward gives the pseudo labels and the features to keep
+        labels = torch.cat([batch.labels, teacher.logits[real:, : task.num_old].argmax(dim=1)])
         out = model(images)
-        teacher_features = self.old(images).features
+        teacher_features = teacher.features
         gamma = self.gamma if self.gamma is not None else self.task_gamma(task)
         losses = {
             "cls": Loss(cross_entropy_seen(out.logits, labels, task.num_seen), gamma),
@@ -146,12 +145,6 @@ class SKD(Method):
         self.old.load_state_dict(state["old_model"], self.env)
         self.delegator.load_state_dict(state["delegator"])
         self.checks = list(state.get("checks", []))
-
-
-def teacher_head_sizes(model: IncrementalClassifier) -> list[int]:
-    """Head sizes of ``model``."""
-    offsets = model.task_offsets
-    return [b - a for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def delegator_check(teacher: IncrementalClassifier, student: IncrementalClassifier, num_old: int,

@@ -79,6 +79,11 @@ class IncrementalClassifier(nn.Module):
         return sum(head.out_features for head in self._linear_heads())
 
     @property
+    def head_sizes(self) -> list[int]:
+        """Number of classes of each head, in task order, e.g. ``[5, 5]``."""
+        return [head.out_features for head in self._linear_heads()]
+
+    @property
     def task_offsets(self) -> list[int]:
         """Cumulative column offsets of the heads, length ``num_tasks + 1``, e.g. ``[0, 5, 10]``."""
         offsets = [0]

@@ -6,6 +6,8 @@ the inputs of its BatchNorm layers) on a batch of generated images.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -24,15 +26,17 @@ def class_diversity_loss(logits: torch.Tensor) -> torch.Tensor:
     return (probs * torch.log(probs.clamp_min(1e-12))).sum()
 
 
-def bn_moment_loss(stats: list[BatchNormInput]) -> torch.Tensor:
-    """``l_bn``: mean over BN layers of ``||mu_batch - mu_run||_2 + ||var_batch - var_run||_2``."""
+def bn_moment_loss(stats: list[BatchNormInput], reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """``||mu_batch - mu_run||_2 + ||var_batch - var_run||_2`` per BN layer, averaged over the
+    layers (MFGR's ``l_bn``, as its code does) or summed (``reduction="sum"``: SKD's ``R_feature``)."""
     if not stats:
         raise ValueError("no BatchNorm statistics were recorded")
     per_layer = [
         torch.linalg.vector_norm(s.mean - s.running_mean.float()) + torch.linalg.vector_norm(s.var - s.running_var.float())
         for s in stats
     ]
-    return torch.stack(per_layer).mean()
+    total = torch.stack(per_layer)
+    return total.sum() if reduction == "sum" else total.mean()
 
 
 def random_pairs(count: int, pairs: int, generator: torch.Generator | None = None,

@@ -31,24 +31,14 @@ import torch.nn.functional as F
 from dfcil.hooks import BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
-from dfcil.synthesis.dafl_losses import class_diversity_loss, one_hot_loss
-from dfcil.synthesis.generator import Generator, build_generator
+from dfcil.synthesis.dafl_losses import bn_moment_loss, class_diversity_loss, one_hot_loss
+from dfcil.synthesis.generator import Generator, build_generator, generate_images
 
 
 def feature_cosine_discrepancy(teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
     """SKD's ``psi = mean_i 1 - cos(nor(f_T_i), nor(f_S_i))``: 0 for identical directions, 2 for
     opposite ones (float32)."""
     return (1.0 - F.cosine_similarity(teacher_features.float(), student_features.float(), dim=1, eps=1e-8)).mean()
-
-
-def bn_moment_sum(stats: list[Any]) -> torch.Tensor:
-    """SKD's ``R_feature``: sum over BN layers of ``||mu_batch - mu_run||_2 + ||var_batch - var_run||_2``."""
-    if not stats:
-        raise ValueError("the model has no BatchNorm layer to align with")
-    return torch.stack([
-        torch.linalg.vector_norm(s.mean - s.running_mean.float()) + torch.linalg.vector_norm(s.var - s.running_var.float())
-        for s in stats
-    ]).sum()
 
 
 @dataclass(frozen=True)
@@ -151,7 +141,7 @@ class KnowledgeDelegator:
                     "explore": -psi,
                     "category": one_hot_loss(logits.float()),
                     "diversity": class_diversity_loss(logits),
-                    "bn": bn_moment_sum(bn.stats),
+                    "bn": bn_moment_loss(bn.stats, reduction="sum"),
                 }
             weights = {"explore": opts.explore_weight, "category": opts.category_weight,
                        "diversity": opts.diversity_weight, "bn": opts.bn_weight}
@@ -186,10 +176,7 @@ class KnowledgeDelegator:
     def generate(self, count: int) -> torch.Tensor:
         """``count`` pseudo images (delegator in eval mode), normalised units."""
         assert self.generator is not None, "the delegator has not been trained yet"
-        self.generator.eval()
-        with self.autocast():
-            images = self.generator(self.generator.sample_latent(count, self.device, self.rng))
-        return self._layout(images.float())
+        return generate_images(self.generator, count, self.device, self.rng, self.autocast, self.channels_last)
 
     def state_dict(self) -> dict[str, Any] | None:
         """The delegator's weights (None before its first training)."""

@@ -9,6 +9,8 @@ positional argument) that every published number uses; ``bn_eps`` exposes it.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
@@ -47,6 +49,18 @@ class Generator(nn.Module):
     def sample_latent(self, count: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` latent codes from N(0, I)."""
         return torch.randn(count, self.z_dim, device=device, generator=generator)
+
+
+@torch.no_grad()
+def generate_images(generator: Generator, count: int, device: torch.device, rng: torch.Generator | None,
+                    autocast: Callable[[], Any], channels_last: bool) -> torch.Tensor:
+    """``count`` images of ``generator`` (switched to eval mode) as float32 in normalised units,
+    channels_last if asked: the synthetic batches every replay method draws during a task."""
+    generator.eval()
+    with autocast():
+        images = generator(generator.sample_latent(count, device, rng))
+    images = images.float()
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def build_generator(image_size: int, z_dim: int = 1000, bn_eps: float = 0.8) -> Generator:

@@ -20,7 +20,7 @@ from dfcil.atomic import atomic_write
 from dfcil.hooks import BatchNormInput, BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
-from dfcil.synthesis.generator import Generator, build_generator
+from dfcil.synthesis.generator import Generator, build_generator, generate_images
 from dfcil.synthesis.losses import bn_statistics_kl, content_loss, image_prior_loss, label_diversity_loss
 
 
@@ -188,11 +188,7 @@ class Synthesizer:
     def generate(self, count: int) -> torch.Tensor:
         """``count`` synthetic images (generator in eval mode), normalised units."""
         assert self.generator is not None, "the synthesizer has not been trained for this task"
-        self.generator.eval()
-        with self.autocast():
-            images = self.generator(self.generator.sample_latent(count, self.device, self.rng))
-        images = images.float()
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return generate_images(self.generator, count, self.device, self.rng, self.autocast, self.channels_last)
 
     @torch.no_grad()
     def sample(self, old_model: IncrementalClassifier, count: int, num_old: int) -> SyntheticBatch:
