@@ -27,6 +27,25 @@ from dfcil.atomic import write_text
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mini"
 KEPT_FILES = ("metrics.json", "config.yaml", "run.json", "log.jsonl")
+MINI_CONFIG = ROOT / "configs" / "mini.yaml"
+
+
+def variant_name(config: Path) -> str | None:
+    """Short name of a variant of the mini protocol (``mini_b10.yaml`` -> ``b10``); None for mini.yaml."""
+    stem = config.stem
+    if config.resolve() == MINI_CONFIG.resolve():
+        return None
+    return stem[len("mini_"):] if stem.startswith("mini_") else stem
+
+
+def config_description(config: Path) -> list[str]:
+    """The leading comment block of a config file, without the ``#`` marks."""
+    lines = []
+    for line in config.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return lines
 
 
 def run_label(method: str, tag: str | None, seed: int) -> str:
@@ -34,19 +53,20 @@ def run_label(method: str, tag: str | None, seed: int) -> str:
     return f"{method}-{tag}-s{seed}" if tag else f"{method}-s{seed}"
 
 
-def run_method(method: str, seed: int, runs: Path, extra: list[str], tag: str | None = None) -> Path:
-    """Run (or resume) one method; return its run directory."""
+def run_method(method: str, seed: int, runs: Path, extra: list[str], tag: str | None = None,
+               config: Path = MINI_CONFIG, results: Path = RESULTS) -> Path:
+    """Run (or resume) one method of ``config``; return its run directory."""
     run_dir = runs / run_label(method, tag, seed)
     args = [sys.executable, "-m", "dfcil", "run"]
     if (run_dir / "config.yaml").exists():
         args += ["--resume", str(run_dir)]
     else:
-        args += [str(ROOT / "configs" / "mini.yaml"), "-o", str(run_dir), "--set", f"method.name={method}",
+        args += [str(config), "-o", str(run_dir), "--set", f"method.name={method}",
                  "--set", f"seed={seed}", "--set", "runtime.progress=false",
                  *[arg for item in extra for arg in ("--set", item)]]
     joint = runs / f"joint-s{seed}"
     if not (joint / "metrics.json").exists():
-        joint = RESULTS / f"joint-s{seed}"  # the committed joint result of this protocol
+        joint = results / f"joint-s{seed}"  # the committed joint result of this protocol
     if method != "joint" and (joint / "metrics.json").exists() and "--resume" not in args:
         args += ["--set", f"runtime.upper_bound={joint}"]
     print("+", " ".join(args), flush=True)
@@ -62,7 +82,7 @@ def overrides(command: str) -> str:
     return "<br>".join(f"`{item}`" for item in kept) or "-"
 
 
-def summarize(results: Path = RESULTS) -> str:
+def summarize(results: Path = RESULTS, config: Path = MINI_CONFIG) -> str:
     """Markdown table of every result under ``results`` (default ``benchmarks/results/mini``)."""
     rows = []
     for metrics_file in sorted(results.glob("*/metrics.json")):
@@ -82,6 +102,36 @@ def summarize(results: Path = RESULTS) -> str:
         first = json.loads(next(iter(sorted(results.glob("*/run.json")))).read_text())["sessions"][-1]
         m = first["machine"]
         machine = f"{m['processor']}, {m['cpu_count']} cores, torch {m['torch']}, device {first['device']}"
+    table = [
+        "| run | seed | overrides | A_N (last) | avg. incremental | forgetting | Omega | A_1 / ... / A_N | minutes | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Each directory holds the run's `metrics.json`, `config.yaml`, `run.json` (command, commit,",
+        "machine, data) and `log.jsonl` (per-epoch loss terms, lr, accuracy, images/s).",
+    ]
+    variant = variant_name(config)
+    if variant is not None:
+        config_name = config.resolve().relative_to(ROOT) if config.resolve().is_relative_to(ROOT) else config
+        return "\n".join(
+            [
+                f"# cifar100-mini, variant `{variant}` results",
+                "",
+                f"Protocol: `{config_name}`:",
+                "",
+                *[f"> {line}" for line in config_description(config)],
+                "",
+                f"Each row was produced by `DFCIL_DATA=../shared/data python benchmarks/run_mini.py --config {config_name}",
+                "<method> [--tag <tag>] [--set <override> ...]`, which runs `dfcil run` on that config with",
+                "`--set method.name=<method> --set seed=<seed>` plus the overrides listed in the row (the exact",
+                "command, commit and machine of every row are in its `run.json`). Data: the JPEG copy of",
+                "CIFAR-100 (`../shared/data/cifar100-jpg.tar.gz`). Minutes are wall-clock on this machine.",
+                f"Machine: {machine}.",
+                "",
+                *table,
+                "",
+            ]
+        )
     return "\n".join(
         [
             "# cifar100-mini results",
@@ -103,12 +153,7 @@ def summarize(results: Path = RESULTS) -> str:
             "rows shared it with other jobs for part of their run (see FINDINGS.md).",
             f"Machine: {machine}.",
             "",
-            "| run | seed | overrides | A_N (last) | avg. incremental | forgetting | Omega | A_1 / ... / A_N | minutes | commit |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-            "Each directory holds the run's `metrics.json`, `config.yaml`, `run.json` (command, commit,",
-            "machine, data) and `log.jsonl` (per-epoch loss terms, lr, accuracy, images/s).",
+            *table,
             "What the table shows and where it differs from the papers: [FINDINGS.md](FINDINGS.md).",
             "",
         ]
@@ -119,23 +164,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("methods", nargs="*", help="methods to run (none: only rewrite the table)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "mini")
+    parser.add_argument("--config", type=Path, default=MINI_CONFIG,
+                        help="a variant of the mini protocol (default configs/mini.yaml); results of "
+                             "configs/mini_<v>.yaml go to benchmarks/results/mini/<v>/, runs to runs/mini/<v>/")
+    parser.add_argument("--runs", type=Path, help="where run directories go (default runs/mini[/<v>])")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra overrides for new runs")
     parser.add_argument("--tag", help="label of a variant (ablation): runs go to <method>-<tag>-s<seed>")
-    parser.add_argument("--results", type=Path, default=RESULTS,
+    parser.add_argument("--results", type=Path,
                         help="where results and the summary table go (default benchmarks/results/mini; "
                              "runs that change the protocol itself belong elsewhere)")
     args = parser.parse_args()
+    variant = variant_name(args.config)
+    results = args.results or (RESULTS if variant is None else RESULTS / variant)
+    runs = args.runs or (ROOT / "runs" / "mini" if variant is None else ROOT / "runs" / "mini" / variant)
     methods = sorted(args.methods, key=lambda m: m != "joint")
     for method in methods:
-        run_dir = run_method(method, args.seed, args.runs, args.extra, args.tag)
-        target = args.results / run_label(method, args.tag, args.seed)
+        run_dir = run_method(method, args.seed, runs, args.extra, args.tag, args.config, results)
+        target = results / run_label(method, args.tag, args.seed)
         target.mkdir(parents=True, exist_ok=True)
         for name in KEPT_FILES:
             shutil.copyfile(run_dir / name, target / name)
-    if args.results == RESULTS:
-        write_text(RESULTS / "README.md", summarize())
-        print((RESULTS / "README.md").read_text())
+    if args.results is None:
+        write_text(results / "README.md", summarize(results, args.config))
+        print((results / "README.md").read_text())
     return 0
 
 
