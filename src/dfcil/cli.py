@@ -1,4 +1,5 @@
-"""Command line: ``dfcil run``, ``dfcil methods``.
+"""Command line: ``dfcil run``, ``dfcil methods`` (experiments) and ``dfcil learn``,
+``dfcil predict``, ``dfcil evaluate`` (a deployed model and your own image folders).
 
 Every user error (bad config, data, run directory) ends with one line on stderr,
 ``dfcil: error: <what is wrong>``, and exit status 2.
@@ -28,6 +29,42 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
 
     commands.add_parser("methods", help="list the registered methods")
+
+    learn = commands.add_parser("learn", help="train a model on an image folder, or add its classes to a model")
+    learn.add_argument("--data", type=Path, required=True, metavar="FOLDER",
+                       help="FOLDER/<class>/<images> (or FOLDER/train/<class>/... + FOLDER/test/<class>/...)")
+    learn.add_argument("--from", dest="base", type=Path, metavar="MODEL",
+                       help="existing model file: add FOLDER's (new) classes to it, data-free")
+    learn.add_argument("--method", help="learning method (default: the recipe's, rdfcil); see `dfcil methods`")
+    learn.add_argument("-o", "--output", type=Path, metavar="MODEL_OUT",
+                       help="model file to write (default: model.safetensors, or MODEL itself with --from, "
+                            "its previous version kept as <MODEL>.step<k>.safetensors)")
+    learn.add_argument("--config", type=Path, metavar="RECIPE", help="recipe YAML (default: dfcil/workflow/recipe.yaml)")
+    learn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. --set train.epochs=30 (repeatable)")
+    learn.add_argument("--image-size", type=int, default=32, help="input size of a first model: 32, 64 or 224 (default 32)")
+    learn.add_argument("--holdout", type=float, default=0.1,
+                       help="fraction of each class held out for the step's accuracy when FOLDER has no test/ (default 0.1)")
+    learn.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    learn.add_argument("--workdir", type=Path, help="keep the step's log, checkpoints and sample grids here")
+    learn.add_argument("--force", action="store_true", help="replace an existing MODEL_OUT")
+    learn.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    predict = commands.add_parser("predict", help="class names and probabilities of images")
+    predict.add_argument("model", type=Path, metavar="MODEL")
+    predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--json", action="store_true", help="print one JSON document")
+    predict.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of a model on a labelled image folder")
+    evaluate.add_argument("model", type=Path, metavar="MODEL")
+    evaluate.add_argument("--data", type=Path, required=True, metavar="FOLDER",
+                          help="FOLDER/<class>/<images> (FOLDER/test/<class>/... when it has a test/)")
+    evaluate.add_argument("--out", type=Path, metavar="DIR",
+                          help="where evaluation.json and confusion.png go (default: evaluation-<model name>/)")
+    evaluate.add_argument("--json", action="store_true", help="print the whole evaluation as JSON")
+    evaluate.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
     return parser
 
 
@@ -50,6 +87,71 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _learn(args: argparse.Namespace) -> int:
+    from dfcil.workflow.api import Model, load
+    from dfcil.workflow.learn import LearnOptions, learn_step
+
+    base = load(args.base) if args.base is not None else None
+    output = args.output or (args.base if args.base is not None else Path("model.safetensors"))
+    same_as_base = args.base is not None and output.resolve() == args.base.resolve()
+    if output.exists() and not same_as_base and not args.force:
+        raise DfcilError(f"{output} already exists: choose another -o or pass --force to replace it")
+    if output.exists() and output.is_dir():
+        raise DfcilError(f"-o {output} is a folder; give a file name such as model.safetensors")
+    options = LearnOptions(method=args.method, recipe=args.config, overrides=args.overrides,
+                           image_size=args.image_size, holdout=args.holdout, strict=args.strict,
+                           workdir=args.workdir, progress=not args.no_progress)
+    result = learn_step(args.data, None if base is None else (base.info, base.network), options)
+    if same_as_base and base is not None:
+        kept = output.with_name(f"{output.stem}.step{len(base.info.history)}{output.suffix or '.safetensors'}")
+        base.save(kept)
+        print(f"[dfcil] previous version kept as {kept}", file=sys.stderr)
+    Model(result.info, result.model).save(output)
+    print(json.dumps({"model": str(output), "classes": len(result.info.class_names), "step": result.step.step,
+                      "added": result.step.classes, "method": result.step.method,
+                      "held_out_accuracy": result.step.metrics["held_out_accuracy"]}))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from dfcil.workflow.api import load
+
+    model = load(args.model)
+    predictions = model.predict(args.images, top=args.top, strict=args.strict)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=1))
+    else:
+        for p in predictions:
+            top = ", ".join(f"{c} {100 * q:.1f}%" for c, q in zip(p.classes, p.probabilities))
+            print(f"{p.path}: {top}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dfcil.atomic import write_json
+    from dfcil.workflow.api import load
+    from dfcil.workflow.folder import report_skipped
+    from dfcil.workflow.inference import plot_confusion
+
+    model = load(args.model)
+    result = model.evaluate(args.data, strict=args.strict)
+    report_skipped(result.skipped)
+    out = args.out or Path(f"evaluation-{args.model.stem}")
+    write_json(out / "evaluation.json", {"model": str(args.model), "data": str(args.data), **result.to_dict()})
+    plot_confusion(result, out / "confusion.png", f"{args.model.name} on {args.data}")
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"accuracy {result.accuracy:.2f} % on {result.images} images of {len(result.per_class)} classes")
+    for step in result.per_step:
+        accuracy = "-" if step["accuracy"] is None else f"{step['accuracy']:.2f} %"
+        print(f"  step {step['step']} ({step['classes']} classes, {step['images']} images): {accuracy}")
+    for name, accuracy in result.per_class.items():
+        print(f"  {name}: {accuracy:.2f} %")
+    print(f"written: {out / 'evaluation.json'}, {out / 'confusion.png'}")
+    return 0
+
+
 def _methods() -> int:
     from dfcil.methods import METHODS
 
@@ -63,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dfcil`` console script."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args)
+        commands = {"run": _run, "learn": _learn, "predict": _predict, "evaluate": _evaluate}
+        if args.command in commands:
+            return commands[args.command](args)
         return _methods()
     except DfcilError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

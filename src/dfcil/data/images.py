@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dfcil.errors import DataError
 
@@ -72,6 +72,18 @@ def _fit(image: Image.Image, geometry: Geometry) -> Image.Image:
     return image
 
 
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation, then convert to RGB (transparent pixels become white)."""
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def decode_image(source: Path | bytes, geometry: Geometry, name: str | None = None) -> np.ndarray:
     """Decode a file path or raw bytes into a uint8 (size, size, 3) RGB array.
 
@@ -86,8 +98,7 @@ def decode_image(source: Path | bytes, geometry: Geometry, name: str | None = No
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(handle) as image:
             image.load()
-            if image.mode != "RGB":
-                image = image.convert("RGB")
+            image = _upright_rgb(image)
             image = _fit(image, geometry)
             array = np.asarray(image, dtype=np.uint8)
     except Exception as exc:  # PIL raises many types for corrupt data

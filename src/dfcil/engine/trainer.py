@@ -98,7 +98,11 @@ class EpochStats:
 class Trainer:
     """Runs one experiment into one run directory (see module docstring)."""
 
-    def __init__(self, config: Config, run_dir: Path, dataset: DatasetArrays, upper_bound: list[float] | None = None):
+    def __init__(self, config: Config, run_dir: Path, dataset: DatasetArrays, upper_bound: list[float] | None = None,
+                 scenario: Scenario | None = None, start_task: int = 0):
+        """``scenario`` replaces the one built from ``config.scenario`` (any task sizes);
+        ``start_task`` > 0 trains from that task on, starting from the model given to
+        :meth:`load_model` (the earlier tasks' classes need no images: data-free steps)."""
         self.config = config
         self.run_dir = run_dir
         self.dataset = dataset
@@ -107,7 +111,10 @@ class Trainer:
         if config.runtime.num_threads:
             torch.set_num_threads(config.runtime.num_threads)
         seed_everything(config.seed)
-        self.scenario = build_scenario(config.scenario, dataset.num_classes)
+        self.scenario = scenario if scenario is not None else build_scenario(config.scenario, dataset.num_classes)
+        if not 0 <= start_task < len(self.scenario.tasks):
+            raise ConfigError(f"start task {start_task} is outside the scenario's {len(self.scenario.tasks)} tasks")
+        self.start_task = start_task
         self.train_data = _split_tensors(dataset.train.images, dataset.train.labels, self.scenario, self.device,
                                          config.data.train_per_class)
         self.test_data = _split_tensors(dataset.test.images, dataset.test.labels, self.scenario, self.device)
@@ -132,7 +139,7 @@ class Trainer:
             image_size=int(dataset.train.images.shape[1]),
             output_dir=run_dir,
             log=self.log.append,
-            test_accuracy=self._test_accuracy,
+            test_accuracy=self._test_accuracy if start_task == 0 else None,  # no test data of earlier classes
             task_sizes=tuple(t.num_new for t in self.scenario.tasks),
         )
         options = parse_method_options(config.method)
@@ -143,9 +150,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------
     def _check_class_coverage(self) -> None:
+        first_class = self.scenario.tasks[self.start_task].start
         for name, split in (("train", self.train_data), ("test", self.test_data)):
             counts = torch.bincount(split.labels, minlength=self.scenario.num_classes)
-            empty = torch.nonzero(counts == 0).flatten()
+            empty = torch.nonzero(counts[first_class:] == 0).flatten() + first_class
             if len(empty):
                 original = self.scenario.order[int(empty[0])]
                 raise DataError(
@@ -169,6 +177,15 @@ class Trainer:
         if self.config.train.compile:
             model.backbone.compile()  # in place: state_dict keys and growing heads are unaffected
         return model
+
+    def load_model(self, head_sizes: list[int], state: dict[str, torch.Tensor]) -> None:
+        """Start from a trained model (heads of ``head_sizes``); see ``start_task``."""
+        if sum(head_sizes) != self.scenario.tasks[self.start_task].start:
+            raise ConfigError(f"the model knows {sum(head_sizes)} classes but task {self.start_task + 1} of the "
+                              f"scenario starts at class {self.scenario.tasks[self.start_task].start}")
+        model = self.make_model(head_sizes)
+        model.load_state_dict(state)
+        self.model = model
 
     def _generators(self) -> dict[str, torch.Generator]:
         generators = {"sample": self.sample_generator}
@@ -294,16 +311,23 @@ class Trainer:
                 "images_per_s": len(indices) / max(seconds, 1e-9),
             }
         )
+        scope = (f"{task.num_seen} seen classes" if self.start_task == 0
+                 else f"the test images of its {task.num_new} classes (earlier classes have none here)")
         print(
-            f"[dfcil] task {task.index + 1}/{len(self.scenario.tasks)}: accuracy on {task.num_seen} seen classes "
+            f"[dfcil] task {task.index + 1}/{len(self.scenario.tasks)}: accuracy on {scope} "
             f"{evaluation.accuracy:.2f} (old {_fmt(evaluation.old)}, new {_fmt(evaluation.new)})",
             file=sys.stderr,
         )
 
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` content for the tasks evaluated so far."""
+        complete = len(self.results.evaluations) == len(self.scenario.tasks) - self.start_task
+        if self.start_task > 0:
+            # a data-free step of a deployed model: the earlier tasks left no evaluation and
+            # no test data, so the run-level metrics (matrix, forgetting, ...) do not exist
+            return {"complete": complete, "method": self.config.method_name, "start_task": self.start_task + 1,
+                    "evaluations": self.results.state_dict(), "wall_time_s": round(self.wall_time_s, 3)}
         out = self.results.summary(self.scenario, self.dataset.class_names, self.upper_bound)
-        complete = len(self.results.evaluations) == len(self.scenario.tasks)
         out.update(
             {
                 "complete": complete,
@@ -342,7 +366,7 @@ class Trainer:
         """Train every task (continuing from ``resume``) and return the final metrics."""
         session_start = time.perf_counter()
         base_wall = 0.0
-        position = ckpt.Position(task=-1, phase=0, epoch=0, task_done=True)
+        position = ckpt.Position(task=self.start_task - 1, phase=0, epoch=0, task_done=True)
         opt_state = sched_state = None
         if resume is not None:
             position = resume.position
