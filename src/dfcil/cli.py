@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("methods", help="list the registered methods")
 
+    suite = commands.add_parser("suite", help="run a grid of experiments (skips complete runs, resumes interrupted ones)")
+    suite.add_argument("suite", type=Path, metavar="SUITE.yaml")
+    suite.add_argument("-o", "--output", type=Path, metavar="DIR", help="where the runs go (default: runs/suites/<name>)")
+    suite.add_argument("--jobs", type=int, default=1, help="experiments at once, as separate processes (default 1)")
+    suite.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do")
+
     learn = commands.add_parser("learn", help="train a model on an image folder, or add its classes to a model")
     learn.add_argument("--data", type=Path, required=True, metavar="FOLDER",
                        help="FOLDER/<class>/<images> (or FOLDER/train/<class>/... + FOLDER/test/<class>/...)")
@@ -85,6 +91,17 @@ def _run(args: argparse.Namespace) -> int:
         summary["omega"] = metrics["omega"]
     print(json.dumps(summary))
     return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from dfcil.suite import execute_suite, load_suite
+
+    suite = load_suite(args.suite)
+    out = args.output or Path("runs") / "suites" / suite.name
+    outcome = execute_suite(suite, out, jobs=args.jobs, dry_run=args.dry_run)
+    print(json.dumps({"suite": suite.name, "runs": len(suite.runs), "output": str(out),
+                      **{key: len(names) for key, names in outcome.items()}, "failed_runs": outcome["failed"]}))
+    return 1 if outcome["failed"] else 0
 
 
 def _learn(args: argparse.Namespace) -> int:
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dfcil`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "learn": _learn, "predict": _predict, "evaluate": _evaluate}
+        commands = {"run": _run, "suite": _suite, "learn": _learn, "predict": _predict, "evaluate": _evaluate}
         if args.command in commands:
             return commands[args.command](args)
         return _methods()

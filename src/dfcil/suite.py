@@ -1,0 +1,245 @@
+"""Experiment suites: a grid of runs (methods x protocols x seeds, any config key as an axis).
+
+A suite file::
+
+    name: mini
+    config: ../configs/mini.yaml        # base config, relative to the suite file
+    set: {method.synthesis.steps: 300}  # optional overrides for every run (skipped where the
+                                        # run's method has no such option: see below)
+    axes:
+      method:                           # labelled points: label -> overrides (may switch `config`)
+        lwf: {method.name: lwf}
+        rdfcil: {method.name: rdfcil, method.refine_epochs: 5}
+      seed: [0, 1, 2]                   # a list: the axis name is the config key
+
+Every point of the product is one run directory ``<out>/<axis>-<label>__<axis>-<label>...``
+(with a ``suite.json`` naming its labels). Running the suite again skips complete runs and
+resumes interrupted ones, so a suite killed halfway finishes by running the same command again.
+``joint`` runs (the upper bound) go first, and every other run with the same labels on the other
+axes gets ``runtime.upper_bound`` for Omega. Runs are separate ``dfcil run`` processes; ``jobs``
+of them at once; a failed run is reported and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dfcil.atomic import write_json
+from dfcil.config import apply_overrides, load_yaml_tree, parse_config
+from dfcil.errors import ConfigError
+
+SUITE_FILE = "suite.json"
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """One point of a suite's grid."""
+
+    name: str  # run directory name
+    labels: dict[str, str]  # axis -> label
+    config: Path
+    overrides: tuple[str, ...]
+
+    @property
+    def is_joint(self) -> bool:
+        """Whether this run is the offline upper bound."""
+        return any(item == "method.name=joint" for item in self.overrides)
+
+
+@dataclass
+class Suite:
+    """A parsed suite file."""
+
+    name: str
+    path: Path
+    runs: list[SuiteRun] = field(default_factory=list)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, (list, dict, bool)) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def _points(axis: str, spec: Any, origin: Path) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"{origin}: axis '{axis}' has no values")
+        return [(_format(value), {axis: value}) for value in spec]
+    if isinstance(spec, dict):
+        if not spec:
+            raise ConfigError(f"{origin}: axis '{axis}' has no points")
+        points = []
+        for label, overrides in spec.items():
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"{origin}: axis '{axis}', point '{label}': expected a mapping KEY: VALUE")
+            points.append((str(label), overrides))
+        return points
+    raise ConfigError(f"{origin}: axis '{axis}' must be a list of values or a mapping label -> overrides")
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "._+-" else "_" for c in label)
+
+
+def load_suite(path: Path) -> Suite:
+    """Parse and validate a suite file: every run's config is resolved and checked now, so a
+    typo fails before the first run starts."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read suite {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a suite is a mapping with name, config, axes")
+    unknown = sorted(set(data) - {"name", "config", "set", "axes"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown suite key '{unknown[0]}' (expected name, config, set, axes)")
+    if "config" not in data or not isinstance(data.get("axes"), dict) or not data["axes"]:
+        raise ConfigError(f"{path}: a suite needs 'config' (a config file) and 'axes' (at least one)")
+    shared = data.get("set") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{path}: 'set' must be a mapping KEY: VALUE")
+    axes = [(axis, _points(axis, spec, path)) for axis, spec in data["axes"].items()]
+    suite = Suite(str(data.get("name") or path.stem), path)
+    seen: set[str] = set()
+    used_shared: set[str] = set()
+    for combination in itertools.product(*[points for _, points in axes]):
+        labels = {axis: label for (axis, _), (label, _) in zip(axes, combination)}
+        merged: dict[str, Any] = {}
+        for _, overrides in combination:
+            merged.update(overrides)
+        config = path.parent / str(merged.pop("config", data["config"]))
+        name = "__".join(f"{_safe(axis)}-{_safe(label)}" for axis, label in labels.items())
+        if name in seen:
+            raise ConfigError(f"{path}: two points give the same run name {name}")
+        seen.add(name)
+        overrides = tuple(f"{key}={_format(value)}" for key, value in merged.items())
+        raw = load_yaml_tree(config)
+        method = apply_overrides(raw, list(overrides)).get("method", {}).get("name")
+        # shared overrides apply to the runs whose method accepts them (e.g. generator steps)
+        for key, value in shared.items():
+            candidate = apply_overrides(raw, [*overrides, f"{key}={_format(value)}"])
+            try:
+                parse_config(candidate)
+            except ConfigError:
+                if key.startswith("method."):
+                    continue
+                raise
+            overrides += (f"{key}={_format(value)}",)
+            used_shared.add(key)
+        try:
+            parse_config(apply_overrides(raw, list(overrides)))
+        except ConfigError as error:
+            raise ConfigError(f"{path}: run {name} ({method}): {error}") from None
+        suite.runs.append(SuiteRun(name, labels, config.resolve(), overrides))
+    unused = sorted(set(shared) - used_shared)
+    if unused:
+        raise ConfigError(f"{path}: set: '{unused[0]}' is accepted by none of the suite's runs")
+    return suite
+
+
+def run_state(run_dir: Path) -> str:
+    """``complete``, ``interrupted`` (resumable) or ``new``."""
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        try:
+            if json.loads(metrics.read_text()).get("complete"):
+                return "complete"
+        except ValueError:
+            pass
+    return "interrupted" if (run_dir / "config.yaml").exists() else "new"
+
+
+def _partner_joint(run: SuiteRun, joints: list[SuiteRun]) -> SuiteRun | None:
+    """The joint run whose labels equal ``run``'s on every axis except the method's."""
+    for joint in joints:
+        differing = [axis for axis in run.labels if run.labels[axis] != joint.labels.get(axis)]
+        if len(differing) == 1 and any(item.startswith("method.name=") for item in joint.overrides):
+            return joint
+    return None
+
+
+def command_for(run: SuiteRun, out: Path, joints: list[SuiteRun]) -> list[str]:
+    """The ``dfcil run`` command line of ``run`` (a resume when it was interrupted)."""
+    run_dir = out / run.name
+    if run_state(run_dir) == "interrupted":
+        return [sys.executable, "-m", "dfcil", "run", "--resume", str(run_dir), "--set", "runtime.progress=false"]
+    command = [sys.executable, "-m", "dfcil", "run", str(run.config), "-o", str(run_dir),
+               *[arg for item in run.overrides for arg in ("--set", item)], "--set", "runtime.progress=false"]
+    partner = None if run.is_joint else _partner_joint(run, joints)
+    if partner is not None and run_state(out / partner.name) == "complete":
+        command += ["--set", f"runtime.upper_bound={out / partner.name}"]
+    return command
+
+
+def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False) -> dict[str, list[str]]:
+    """Run every run of ``suite`` not yet complete; return the names by outcome
+    (``skipped``, ``done``, ``failed``). Console output of each run: ``<out>/logs/<name>.log``."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    outcome: dict[str, list[str]] = {"skipped": [], "done": [], "failed": []}
+    joints = [run for run in suite.runs if run.is_joint]
+    waves = [joints, [run for run in suite.runs if not run.is_joint]]
+    for wave in waves:
+        pending = []
+        for run in wave:
+            if run_state(out / run.name) == "complete":
+                outcome["skipped"].append(run.name)
+            else:
+                pending.append(run)
+        if dry_run:
+            for run in pending:
+                print(" ".join(command_for(run, out, joints)))
+            continue
+        active: list[tuple[SuiteRun, subprocess.Popen[bytes], Any, float]] = []
+        while pending or active:
+            while pending and len(active) < jobs:
+                run = pending.pop(0)
+                run_dir = out / run.name
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / SUITE_FILE, {"suite": suite.name, "labels": run.labels,
+                                                  "config": str(run.config), "overrides": list(run.overrides)})
+                (out / "logs").mkdir(parents=True, exist_ok=True)
+                log = open(out / "logs" / f"{run.name}.log", "ab")  # noqa: SIM115 - closed when the run ends
+                command = command_for(run, out, joints)
+                log.write(("+ " + " ".join(command) + "\n").encode())
+                log.flush()
+                print(f"[suite] start {run.name}", file=sys.stderr, flush=True)
+                active.append((run, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, time.time()))
+            time.sleep(0.5)
+            for item in list(active):
+                run, process, log, started = item
+                code = process.poll()
+                if code is None:
+                    continue
+                log.close()
+                active.remove(item)
+                minutes = (time.time() - started) / 60
+                if code == 0 and run_state(out / run.name) == "complete":
+                    outcome["done"].append(run.name)
+                    print(f"[suite] done {run.name} ({minutes:.1f} min)", file=sys.stderr, flush=True)
+                else:
+                    outcome["failed"].append(run.name)
+                    last = _last_line(out / "logs" / f"{run.name}.log")
+                    print(f"[suite] FAILED {run.name} (exit {code}): {last}", file=sys.stderr, flush=True)
+    return outcome
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
