@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     suite.add_argument("--jobs", type=int, default=1, help="experiments at once, as separate processes (default 1)")
     suite.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do")
 
+    report = commands.add_parser("report", help="tables (md/csv/json), plots and an HTML page from run directories")
+    report.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories or folders holding them")
+    report.add_argument("-o", "--output", type=Path, default=Path("report"), metavar="OUT",
+                        help="where the report goes (default: report/)")
+
     learn = commands.add_parser("learn", help="train a model on an image folder, or add its classes to a model")
     learn.add_argument("--data", type=Path, required=True, metavar="FOLDER",
                        help="FOLDER/<class>/<images> (or FOLDER/train/<class>/... + FOLDER/test/<class>/...)")
@@ -102,6 +107,14 @@ def _suite(args: argparse.Namespace) -> int:
     print(json.dumps({"suite": suite.name, "runs": len(suite.runs), "output": str(out),
                       **{key: len(names) for key, names in outcome.items()}, "failed_runs": outcome["failed"]}))
     return 1 if outcome["failed"] else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dfcil.report import build_report
+
+    page = build_report(list(args.dirs), args.output)
+    print(json.dumps({"report": str(page), "tables": [str(args.output / f"report.{x}") for x in ("md", "csv", "json")]}))
+    return 0
 
 
 def _learn(args: argparse.Namespace) -> int:
@@ -182,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dfcil`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "suite": _suite, "learn": _learn, "predict": _predict, "evaluate": _evaluate}
+        commands = {"run": _run, "suite": _suite, "report": _report, "learn": _learn, "predict": _predict, "evaluate": _evaluate}
         if args.command in commands:
             return commands[args.command](args)
         return _methods()

@@ -1,0 +1,83 @@
+"""Group complete runs by (protocol, method variant) and aggregate their metrics over seeds."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+
+from dfcil.report.labels import natural_key, protocol_labels, row_label, run_seed
+from dfcil.report.model import METRICS, Group, Stat
+from dfcil.report.runs import RunRecord
+
+
+def summarise(values: Sequence[float], seeds: Sequence[int | str | None]) -> Stat:
+    """Mean and sample standard deviation (``ddof = 1``; 0 for a single value)."""
+    if not values:
+        raise ValueError("cannot summarise an empty list of values")
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Stat(mean=statistics.fmean(values), std=std, n=len(values), seeds=tuple(seeds))
+
+
+def _value(record: RunRecord, key: str) -> float | None:
+    value = record.metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def group_runs(records: Sequence[RunRecord]) -> list[Group]:
+    """One :class:`Group` per (protocol column, row label) of the runs that are not excluded.
+
+    Groups are sorted by protocol, then method (numbers inside labels compare numerically);
+    runs inside a group by seed.  A metric no run of a group reports (e.g. ``omega`` without
+    an upper bound) is absent from ``stats``.
+    """
+    columns = protocol_labels(records)
+    buckets: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for record in (r for r in records if r.excluded is None):
+        buckets[(columns[str(record.path)], row_label(record))].append(record)
+    groups = []
+    order = sorted(buckets, key=lambda key: (natural_key(key[0]), natural_key(key[1])))
+    for protocol, method in order:
+        runs = sorted(buckets[(protocol, method)], key=lambda r: (natural_key(str(run_seed(r))), str(r.path)))
+        stats = {}
+        for key in METRICS:
+            pairs = [(v, run_seed(r)) for r in runs if (v := _value(r, key)) is not None]
+            if pairs:
+                stats[key] = summarise([v for v, _ in pairs], [s for _, s in pairs])
+        groups.append(Group(protocol=protocol, method=method, runs=runs, stats=stats))
+    return groups
+
+
+def duplicate_seed_warnings(groups: Sequence[Group]) -> list[str]:
+    """Warnings for groups that hold two runs with the same seed (not independent samples)."""
+    warnings = []
+    for group in groups:
+        by_seed: dict[str, list[str]] = defaultdict(list)
+        for run in group.runs:
+            by_seed[str(run_seed(run))].append(str(run.path))
+        for seed, paths in by_seed.items():
+            if len(paths) > 1:
+                warnings.append(
+                    f"{group.protocol} / {group.method}: seed {seed} appears in {len(paths)} runs "
+                    f"({', '.join(paths)}); all are averaged"
+                )
+    return warnings
+
+
+def protocols(groups: Sequence[Group]) -> list[str]:
+    """The protocols of ``groups`` in table order."""
+    return sorted({g.protocol for g in groups}, key=natural_key)
+
+
+def methods(groups: Sequence[Group]) -> list[str]:
+    """The row labels of ``groups`` in table order."""
+    return sorted({g.method for g in groups}, key=natural_key)
+
+
+def metric_columns(groups: Sequence[Group], protocol: str) -> list[str]:
+    """The metrics (keys of ``METRICS``) at least one group of ``protocol`` reports."""
+    present = {key for g in groups if g.protocol == protocol for key in g.stats}
+    return [key for key in METRICS if key in present]

@@ -1,0 +1,86 @@
+"""``build_report``: runs -> aggregates -> tables, plots and the HTML page."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dfcil.errors import DataError
+from dfcil.report import plots
+from dfcil.report.aggregate import duplicate_seed_warnings, group_runs, protocols
+from dfcil.report.html import write_html
+from dfcil.report.labels import protocol_labels, row_label, run_seed
+from dfcil.report.model import Report
+from dfcil.report.runs import RunRecord, find_runs
+from dfcil.report.tables import write_tables
+
+PLOTS_DIR = "plots"
+
+
+def slugify(text: str) -> str:
+    """A file-name-safe form of ``text`` (letters, digits, ``.``, ``_``, ``-``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
+
+
+def unique_slugs(records: list[RunRecord]) -> dict[str, str]:
+    """Map each run's path to a distinct slug: its directory name, extended with parent
+    folders (then a counter) where two runs share a name."""
+    slugs: dict[str, str] = {}
+    taken: set[str] = set()
+    for record in records:
+        parts = record.path.parts
+        depth, slug = 1, slugify(record.name)
+        while slug in taken and depth < len(parts):
+            depth += 1
+            slug = slugify("-".join(parts[-depth:]))
+        base, count = slug, 2
+        while slug in taken:
+            slug, count = f"{base}-{count}", count + 1
+        taken.add(slug)
+        slugs[str(record.path)] = slug
+    return slugs
+
+
+def make_plots(report: Report, out_dir: Path) -> None:
+    """Draw every plot into ``out_dir/plots`` and record their relative paths in ``report``."""
+    plot_dir = Path(out_dir) / PLOTS_DIR
+    if not report.run_slugs:
+        report.run_slugs = unique_slugs(report.runs)
+    for index, protocol in enumerate(protocols(report.groups)):
+        name = f"curve-{index + 1:02d}-{slugify(protocol)}.png"
+        plots.accuracy_curve(protocol, report.groups, plot_dir / name)
+        report.protocol_plots[protocol] = f"{PLOTS_DIR}/{name}"
+    columns = protocol_labels(report.runs)
+    drawers = {"matrix": plots.accuracy_matrix, "old_new": plots.old_new, "synthesis": plots.synthesis_page}
+    for record in report.runs:
+        key, slug = str(record.path), report.run_slugs[str(record.path)]
+        title = f"{record.name} ({row_label(record)}, seed {run_seed(record)}, {columns[key]})"
+        for kind, draw in drawers.items():
+            name = f"run-{slug}-{kind}.png"
+            if draw(record, title, plot_dir / name) is not None:
+                report.run_plots.setdefault(key, {})[kind] = f"{PLOTS_DIR}/{name}"
+
+
+def build_report(paths: list[Path], out_dir: Path) -> Path:
+    """Aggregate the run directories under ``paths`` into ``out_dir``; return ``index.html``.
+
+    Writes ``report.md``, ``report.csv``, ``report.json``, ``plots/*.png`` and ``index.html``.
+    Incomplete runs are listed but left out of the means.  Raises ``DataError`` when no run
+    directory is found or a file is damaged.
+    """
+    out_dir = Path(out_dir)
+    records = find_runs([Path(p) for p in paths])
+    if not records:
+        raise DataError(f"no run directory (metrics.json + config.yaml) under {', '.join(map(str, paths))}")
+    groups = group_runs(records)
+    report = Report(
+        groups=groups,
+        runs=records,
+        excluded=[r for r in records if r.excluded is not None],
+        warnings=duplicate_seed_warnings(groups),
+        run_slugs=unique_slugs(records),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_tables(report.groups, out_dir, report.excluded, report.warnings)
+    make_plots(report, out_dir)
+    return write_html(report, out_dir)

@@ -1,0 +1,188 @@
+"""Discovery and loading of run directories (``metrics.json`` + ``config.yaml``).
+
+A run directory may also hold ``run.json`` (provenance), ``suite.json`` (labels written by a
+suite runner) and ``synthesis/task_N.png`` (synthetic-sample grids).  Damaged JSON / YAML
+files raise :class:`dfcil.errors.DataError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dfcil.errors import DataError
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+SUITE_FILE = "suite.json"
+
+# keys a complete run's metrics.json must hold as numbers for the report to use it
+REQUIRED_NUMBERS = ("last_accuracy", "average_incremental_accuracy")
+
+
+@dataclass
+class RunRecord:
+    """One loaded run directory.
+
+    ``excluded`` is ``None`` for a run the aggregates use, otherwise the reason it is left
+    out (e.g. ``"incomplete: 2 of 4 tasks evaluated"``).
+    """
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    run_info: dict[str, Any] | None = None
+    suite_labels: dict[str, str] | None = None
+    suite_name: str | None = None
+    excluded: str | None = None
+    synthesis_grids: list[tuple[int, Path]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The run directory's name."""
+        return self.path.name
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``metrics.json`` says every task was trained and evaluated."""
+        return bool(self.metrics.get("complete"))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def read_json(path: Path) -> Any:
+    """Parse the JSON file ``path``; a missing or damaged file raises ``DataError``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read: {_one_line(error)}") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: damaged JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse the YAML file ``path``; a missing or damaged file raises ``DataError``."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read: {_one_line(error)}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise DataError(f"{path}: damaged YAML ({_one_line(problem)}{where})") from None
+
+
+def _mapping(value: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a mapping at the top level, got {type(value).__name__}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _exclusion(metrics: dict[str, Any], path: Path) -> str | None:
+    """Why a run is left out of the aggregates (``None``: it is used)."""
+    start = metrics.get("start_task")
+    if isinstance(start, int) and start > 1:
+        return f"no run-level metrics (a data-free step starting at task {start})"
+    if not metrics.get("complete"):
+        rows = metrics.get("accuracy_per_step")
+        tasks = metrics.get("tasks")
+        if isinstance(rows, list) and isinstance(tasks, list):
+            return f"incomplete: {len(rows)} of {len(tasks)} tasks evaluated"
+        return "incomplete"
+    for key in REQUIRED_NUMBERS:
+        if not _is_number(metrics.get(key)):
+            raise DataError(f"{path}: '{key}' is missing or not a finite number")
+    return None
+
+
+def _synthesis_grids(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = run_dir / "synthesis"
+    if not folder.is_dir():
+        return []
+    grids = []
+    for file in folder.iterdir():
+        match = re.fullmatch(r"task_(\d+)\.png", file.name)
+        if match and file.is_file():
+            grids.append((int(match.group(1)), file))
+    return sorted(grids)
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Load one run directory into a :class:`RunRecord` (``DataError`` on damaged files)."""
+    run_dir = Path(run_dir)
+    metrics_file, config_file = run_dir / METRICS_FILE, run_dir / CONFIG_FILE
+    metrics = _mapping(read_json(metrics_file), metrics_file)
+    config = _mapping(read_yaml(config_file), config_file)
+    run_info = None
+    if (run_dir / RUN_FILE).is_file():
+        run_info = _mapping(read_json(run_dir / RUN_FILE), run_dir / RUN_FILE)
+    suite_labels, suite_name = None, None
+    if (run_dir / SUITE_FILE).is_file():
+        suite = _mapping(read_json(run_dir / SUITE_FILE), run_dir / SUITE_FILE)
+        labels = suite.get("labels", {})
+        if not isinstance(labels, dict):
+            raise DataError(f"{run_dir / SUITE_FILE}: 'labels' must be a mapping")
+        suite_labels = {str(k): str(v) for k, v in labels.items()}
+        suite_name = None if suite.get("suite") is None else str(suite["suite"])
+    return RunRecord(
+        path=run_dir,
+        config=config,
+        metrics=metrics,
+        run_info=run_info,
+        suite_labels=suite_labels,
+        suite_name=suite_name,
+        excluded=_exclusion(metrics, metrics_file),
+        synthesis_grids=_synthesis_grids(run_dir),
+    )
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds both ``metrics.json`` and ``config.yaml``."""
+    return (path / METRICS_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def _run_dirs_under(root: Path) -> list[Path]:
+    if is_run_dir(root):
+        return [root]
+    found = []
+    for current, dirs, _files in os.walk(root):
+        here = Path(current)
+        if here != root and is_run_dir(here):
+            found.append(here)
+            dirs[:] = []  # a run directory's sub-folders (checkpoints, synthesis) hold no runs
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return found
+
+
+def find_runs(paths: list[Path]) -> list[RunRecord]:
+    """Every run directory under ``paths`` (recursively; a path may be a run directory itself).
+
+    Results are sorted by path and de-duplicated; a path that does not exist raises
+    ``DataError``.  Incomplete runs are returned too, with ``excluded`` set.
+    """
+    seen: dict[Path, None] = {}
+    for path in paths:
+        path = Path(path)
+        if path.is_file() and path.name in (METRICS_FILE, CONFIG_FILE):
+            path = path.parent
+        if not path.is_dir():
+            raise DataError(f"{path}: no such run directory or folder")
+        for run_dir in _run_dirs_under(path):
+            seen.setdefault(run_dir.resolve(), None)
+    return [load_run(run_dir) for run_dir in sorted(seen)]

@@ -1,0 +1,300 @@
+"""dfcil.report: discovery, labels, aggregates, tables, plots and the HTML page (no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from dfcil.errors import DataError
+from dfcil.report import (
+    build_report,
+    find_runs,
+    group_runs,
+    load_run,
+    protocol_label,
+    protocol_labels,
+    row_label,
+)
+
+# hand-computed aggregates of the fake runs below (lwf seeds 0 and 1 on the 20-class protocol)
+LWF_LAST = (20.0, 24.0)  # mean 22, sample std sqrt(8)
+LWF_AVG = (45.0, 49.0)  # mean of [80, 50, 30, 20] and [84, 54, 34, 24]
+LWF_OMEGA = (55.0, 58.0)  # mean 56.5, sample std sqrt(4.5)
+SMALL = "cifar100 B0 N=4 (20 classes)"
+HALF = "cifar100 B50 N=6"
+
+
+def write_run(
+    root: Path,
+    name: str,
+    method: str,
+    seed: int,
+    per_step: list[float],
+    *,
+    base: int = 0,
+    num_tasks: int = 4,
+    subset: int | None = 20,
+    omega: float | None = None,
+    complete: bool = True,
+    commit: str = "abc1234def",
+    suite: dict[str, Any] | None = None,
+    grids: tuple[int, ...] = (),
+) -> Path:
+    """A run directory with hand-written config.yaml / metrics.json / run.json."""
+    run = root / name
+    run.mkdir(parents=True)
+    classes = subset or 100
+    if base == 0:
+        sizes = [classes // num_tasks] * num_tasks
+    else:
+        sizes = [base] + [(classes - base) // (num_tasks - 1)] * (num_tasks - 1)
+    tasks, start = [], 0
+    for size in sizes:
+        tasks.append(list(range(start, start + size)))
+        start += size
+    config = {
+        "seed": seed,
+        "data": {"dataset": "cifar100", "train_per_class": None},
+        "scenario": {"order": "abd", "order_seed": 0, "subset": subset, "num_tasks": num_tasks, "base_classes": base},
+        "model": {"backbone": "resnet32"},
+        "train": {"epochs": 1},
+        "method": {"name": method},
+        "runtime": {"device": "auto"},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    steps = len(per_step)
+    matrix = [[per_step[i] if j <= i else None for j in range(num_tasks)] for i in range(steps)]
+    metrics: dict[str, Any] = {
+        "accuracy_matrix": matrix,
+        "accuracy_per_step": per_step,
+        "last_accuracy": per_step[-1],
+        "average_incremental_accuracy": sum(per_step) / steps,
+        "forgetting": 10.0,
+        "old_new_accuracy": [{"step": i + 1, "old": None if i == 0 else per_step[i] - 5, "new": per_step[i] + 5}
+                             for i in range(steps)],
+        "complete": complete,
+        "method": method,
+        "seed": seed,
+        "dataset": "cifar100",
+        "class_order": [c for t in tasks for c in t],
+        "tasks": tasks,
+        "wall_time_s": 12.5,
+    }
+    if omega is not None:
+        metrics["omega"] = omega
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "log.jsonl").write_text("")
+    session = {"started": "2026-11-23T10:00:00+0000", "command": f"dfcil run mini.yaml -o {name} <&>",
+               "commit": commit, "machine": {"processor": "x86_64", "cpu_count": 2, "torch": "2.13.0+cpu"},
+               "device": "cpu", "data": "/data/cifar100-jpg.tar.gz"}
+    (run / "run.json").write_text(json.dumps({"fingerprint": f"fp-{name}", "sessions": [session]}))
+    if suite is not None:
+        (run / "suite.json").write_text(json.dumps(suite))
+    for task in grids:
+        (run / "synthesis").mkdir(exist_ok=True)
+        pixels = np.random.default_rng(task).integers(0, 255, size=(34, 68, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(run / "synthesis" / f"task_{task}.png")
+    return run
+
+
+def make_runs(root: Path) -> Path:
+    """lwf seeds 0/1 + abd seed 0 (+ an incomplete lwf seed 2) on B0 N=4, lwf seed 0 on B50 N=6."""
+    small = root / "small"
+    write_run(small, "lwf-s0", "lwf", 0, [80.0, 50.0, 30.0, 20.0], omega=55.0, commit="1111111aaaa")
+    write_run(small, "lwf-s1", "lwf", 1, [84.0, 54.0, 34.0, 24.0], omega=58.0, commit="2222222bbbb")
+    write_run(small, "abd-s0", "abd", 0, [82.0, 70.0, 55.0, 40.0], omega=80.0, grids=(2, 3, 4))
+    write_run(small, "lwf-s2", "lwf", 2, [90.0, 90.0], omega=99.0, complete=False, commit="3333333cccc")
+    write_run(root / "nested" / "half", "lwf-s0", "lwf", 0, [70.0, 60.0, 50.0, 45.0, 40.0, 35.0],
+              base=50, num_tasks=6, subset=None, commit="4444444dddd")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """The fake runs and the report built from them once for the module."""
+    root = make_runs(tmp_path_factory.mktemp("runs"))
+    out = tmp_path_factory.mktemp("report")
+    html = build_report([root], out)
+    assert html == out / "index.html"
+    return root, out
+
+
+def _group(groups, protocol: str, method: str):
+    (found,) = [g for g in groups if g.protocol == protocol and g.method == method]
+    return found
+
+
+def test_find_runs_recursive_and_labels(built) -> None:
+    root, _ = built
+    records = find_runs([root])
+    assert len(records) == 5
+    by_path = {(r.path.parent.name, r.name): r for r in records}
+    assert protocol_label(by_path[("small", "lwf-s0")]) == SMALL
+    assert protocol_label(by_path[("half", "lwf-s0")]) == HALF
+    assert [r.name for r in records if r.excluded] == ["lwf-s2"]
+    assert "incomplete" in by_path[("small", "lwf-s2")].excluded
+    # a path may be a run directory itself, and overlapping paths are de-duplicated
+    assert [r.name for r in find_runs([root / "small" / "abd-s0", root / "small"])].count("abd-s0") == 1
+    assert len(find_runs([root / "small" / "abd-s0"])) == 1
+    assert by_path[("small", "abd-s0")].synthesis_grids[0][0] == 2
+
+
+def test_row_labels(tmp_path) -> None:
+    variant = load_run(write_run(tmp_path, "rdfcil-no-rkd-s0", "rdfcil", 0, [80.0, 60.0, 50.0, 40.0]))
+    assert row_label(variant) == "rdfcil-no-rkd"
+    plain = load_run(write_run(tmp_path, "rdfcil-s3", "rdfcil", 3, [80.0, 60.0, 50.0, 40.0]))
+    assert row_label(plain) == "rdfcil"
+    stamped = load_run(write_run(tmp_path, "mini-lwf-s0-20261123-101010", "lwf", 0, [80.0, 60.0, 50.0, 40.0]))
+    assert row_label(stamped) == "lwf"
+    suite = {"suite": "ablation", "labels": {"method": "R-DFCIL w/o RKD", "seed": "0"}}
+    labelled = load_run(write_run(tmp_path, "x1", "rdfcil", 0, [80.0, 60.0, 50.0, 40.0], suite=suite))
+    assert row_label(labelled) == "R-DFCIL w/o RKD"
+    assert labelled.suite_name == "ablation"
+
+
+def test_suite_labels_keep_variants_and_protocols_apart(tmp_path) -> None:
+    for epochs, seed, last in (("1", 0, 30.0), ("1", 1, 34.0), ("5", 0, 50.0)):
+        labels = {"protocol": f"E{epochs}", "method": "rdfcil", "method.refine_epochs": epochs, "seed": f"s{seed}"}
+        write_run(tmp_path, f"protocol-E{epochs}__method-rdfcil__seed-s{seed}", "rdfcil", seed,
+                  [80.0, 60.0, 50.0, last], suite={"suite": "grid", "labels": labels})
+    records = find_runs([tmp_path])
+    assert {row_label(r) for r in records} == {"rdfcil (method.refine_epochs=1)", "rdfcil (method.refine_epochs=5)"}
+    assert set(protocol_labels(records).values()) == {f"{SMALL} [E1]", f"{SMALL} [E5]"}
+    groups = group_runs(records)
+    assert [(g.protocol, g.stats["last_accuracy"].n) for g in groups] == [(f"{SMALL} [E1]", 2), (f"{SMALL} [E5]", 1)]
+    assert groups[0].stats["last_accuracy"].mean == pytest.approx(32.0)
+
+
+def test_aggregates_match_hand_computed(built) -> None:
+    root, _ = built
+    groups = group_runs(find_runs([root]))
+    assert {(g.protocol, g.method) for g in groups} == {(SMALL, "abd"), (SMALL, "lwf"), (HALF, "lwf")}
+    lwf = _group(groups, SMALL, "lwf")
+    assert [r.name for r in lwf.runs] == ["lwf-s0", "lwf-s1"]  # the incomplete seed 2 is left out
+    last, avg, omega = lwf.stats["last_accuracy"], lwf.stats["average_incremental_accuracy"], lwf.stats["omega"]
+    assert (last.mean, last.n, last.seeds) == (22.0, 2, (0, 1))
+    assert last.std == pytest.approx(math.sqrt(8.0))
+    assert (avg.mean, avg.std) == (pytest.approx(47.0), pytest.approx(math.sqrt(8.0)))
+    assert (omega.mean, omega.std) == (pytest.approx(56.5), pytest.approx(math.sqrt(4.5)))
+    abd = _group(groups, SMALL, "abd").stats["last_accuracy"]
+    assert (abd.mean, abd.std, abd.n) == (40.0, 0.0, 1)
+    half = _group(groups, HALF, "lwf")
+    assert "omega" not in half.stats  # no upper bound: no Omega
+    assert half.stats["average_incremental_accuracy"].mean == pytest.approx(50.0)
+
+
+def test_tables(built) -> None:
+    _, out = built
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert set(rows[0]) >= {"protocol", "method", "metric", "mean", "std", "n", "seeds"}
+    by_key = {(r["protocol"], r["method"], r["metric"]): r for r in rows}
+    lwf = by_key[(SMALL, "lwf", "last_accuracy")]
+    assert float(lwf["mean"]) == pytest.approx(22.0) and float(lwf["std"]) == pytest.approx(math.sqrt(8.0))
+    assert (lwf["n"], lwf["seeds"]) == ("2", "0;1")
+    assert "lwf-s0@1111111aaaa" in lwf["runs"] and "lwf-s2" not in lwf["runs"]
+    assert (SMALL, "lwf", "omega") in by_key and (HALF, "lwf", "omega") not in by_key
+    assert len(rows) == 3 + 3 + 2
+    markdown = (out / "report.md").read_text()
+    assert "22.00 ± 2.83 (2)" in markdown and "40.00 ± - (1)" in markdown
+    assert f"{SMALL}: A_N" in markdown and f"{HALF}: Avg" in markdown
+    assert "1111111aaaa" in markdown and "2222222bbbb" in markdown  # sources with their commits
+    assert "lwf-s2" in markdown.split("## Excluded runs")[1]
+    tree = json.loads((out / "report.json").read_text())
+    assert tree["protocols"] == [SMALL, HALF]
+    assert tree["excluded"][0]["path"].endswith("lwf-s2")
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"] or "")
+
+
+def test_plots_are_valid_pngs(built) -> None:
+    _, out = built
+    plots = sorted(p.name for p in (out / "plots").iterdir())
+    assert len([p for p in plots if p.startswith("curve-")]) == 2
+    assert len([p for p in plots if p.endswith("-matrix.png")]) == 5
+    assert len([p for p in plots if p.endswith("-old_new.png")]) == 5
+    assert [p for p in plots if p.endswith("-synthesis.png")] == ["run-abd-s0-synthesis.png"]
+    assert not [p for p in plots if not p.endswith(".png")]  # no temporary files left behind
+    for name in plots:
+        with Image.open(out / "plots" / name) as image:
+            image.verify()
+        with Image.open(out / "plots" / name) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_html_page(built) -> None:
+    _, out = built
+    text = (out / "index.html").read_text(encoding="utf-8")
+    parser = _Images()
+    parser.feed(text)
+    assert len(parser.sources) == 2 + 5 + 5 + 1
+    for source in parser.sources:
+        assert not source.startswith(("http:", "https:", "/")) and (out / source).is_file()
+    assert "table" in parser.tags and "script" not in parser.tags and "link" not in parser.tags
+    assert "<td class=\"num\">22.00 ± 2.83 (2)</td>" in text and "40.00 ± - (1)" in text
+    assert "1111111aaaa" in text and "x86_64, 2 CPUs" in text
+    assert "dfcil run mini.yaml -o lwf-s0 &lt;&amp;&gt;" in text  # escaped command
+    incomplete = text.split('id="incomplete"')[1].split("<h2>")[0]
+    assert "lwf-s2" in incomplete and "incomplete" in incomplete
+
+
+def test_damaged_files_raise_data_error(tmp_path) -> None:
+    run = write_run(tmp_path, "lwf-s0", "lwf", 0, [80.0, 60.0, 50.0, 40.0])
+    (run / "metrics.json").write_text('{"complete": true, "last_accuracy": ')
+    with pytest.raises(DataError, match=r"lwf-s0/metrics\.json") as error:
+        find_runs([tmp_path])
+    assert "\n" not in str(error.value)
+    with pytest.raises(DataError, match="metrics.json"):
+        build_report([tmp_path], tmp_path / "out")
+    run2 = write_run(tmp_path / "b", "abd-s0", "abd", 0, [80.0, 60.0, 50.0, 40.0])
+    (run2 / "config.yaml").write_text("seed: [0\nmethod: {")
+    with pytest.raises(DataError, match=r"abd-s0/config\.yaml") as error:
+        find_runs([tmp_path / "b"])
+    assert "\n" not in str(error.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no run directory"):
+        build_report([tmp_path / "empty"], tmp_path / "out2")
+    with pytest.raises(DataError, match="no such run directory"):
+        find_runs([tmp_path / "missing"])
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_html_renders_in_headless_chromium(built, tmp_path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); cannot render index.html")
+    _, out = built
+    url = (out / "index.html").resolve().as_uri()
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "22.00 ± 2.83 (2)" in dom and "40.00 ± - (1)" in dom and SMALL in dom
+    shot = tmp_path / "page.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,2000", url],
+                   capture_output=True, timeout=120, check=True)
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("L"), dtype=np.float64)
+    assert pixels.shape == (2000, 1200)
+    assert pixels.var() > 0
