@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -298,3 +299,78 @@ def test_html_renders_in_headless_chromium(built, tmp_path) -> None:
         pixels = np.asarray(image.convert("L"), dtype=np.float64)
     assert pixels.shape == (2000, 1200)
     assert pixels.var() > 0
+
+
+# --- domain gap (MID, MMD, t-SNE) ---------------------------------------------------------------
+def test_mid_and_mmd_hand_values():
+    import math
+
+    from dfcil.report.domain_gap import mid, mmd_unbiased
+
+    reference = np.array([[0.0, 0.0], [2.0, 2.0]])  # mean (1, 1), std (1, 1)
+    other = np.array([[3.0, 1.0], [5.0, 1.0]])  # mean (4, 1)
+    assert mid(reference, other) == pytest.approx(3.0, rel=1e-6)
+    assert mid(reference, reference) == pytest.approx(0.0, abs=1e-9)
+    a, b = np.array([[0.0], [1.0]]), np.array([[3.0], [4.0]])
+    cross = (math.exp(-9) + math.exp(-16) + math.exp(-4) + math.exp(-9)) / 4
+    assert mmd_unbiased(a, b, bandwidth=1.0) == pytest.approx(2 * math.exp(-1) - 2 * cross, rel=1e-9)
+    rng = np.random.default_rng(0)
+    same = mmd_unbiased(rng.normal(size=(200, 5)), rng.normal(size=(200, 5)))
+    apart = mmd_unbiased(rng.normal(size=(200, 5)), rng.normal(3.0, 1.0, size=(200, 5)))
+    assert abs(same) < 0.02 and apart > 0.5
+
+
+def test_tsne_keeps_separate_clusters_apart():
+    from dfcil.report.domain_gap import tsne
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (40, 10)), rng.normal(8, 1, (40, 10))])
+    labels = np.repeat([0, 1], 40)
+    y = tsne(x, perplexity=10, iterations=300)
+    d = ((y[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (labels[d.argmin(axis=1)] == labels).mean() == 1.0
+    centre_gap = np.linalg.norm(y[:40].mean(0) - y[40:].mean(0))
+    assert centre_gap > 3 * max(y[:40].std(0).max(), y[40:].std(0).max())
+
+
+def test_report_draws_domain_gap_of_a_run_with_synthetic_samples(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from dfcil.report import build_report
+    from dfcil.workflow.artifact import Architecture
+
+    monkeypatch.setenv("DFCIL_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    tree = tmp_path / "tree"
+    for split in ("train", "test"):
+        for c in range(4):
+            folder = tree / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(8):
+                PILImage.fromarray((rng.integers(0, 50, (32, 32, 3)) + 60 * c).astype(np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "runs" / "abd-s0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "synthesis").mkdir()
+    config = {"data": {"dataset": "imagefolder", "root": str(tree)},
+              "scenario": {"order": "identity", "num_tasks": 2}, "method": {"name": "finetune"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    metrics = {"complete": True, "method": "abd", "seed": 0, "accuracy_per_step": [90.0, 50.0],
+               "accuracy_matrix": [[90.0, None], [40.0, 60.0]], "last_accuracy": 50.0,
+               "average_incremental_accuracy": 70.0, "old_new_accuracy": [{"step": 1, "old": None, "new": 90.0},
+                                                                          {"step": 2, "old": 40.0, "new": 60.0}],
+               "tasks": [[0, 1], [2, 3]], "dataset": "imagefolder"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    model = Architecture("resnet32").build([2, 2])
+    torch.save({"format": 1, "head_sizes": [2, 2], "class_order": [0, 1, 2, 3], "model": model.state_dict()},
+               run / "checkpoints" / "task_2.pt")
+    np.savez_compressed(run / "synthesis" / "task_2_samples.npz",
+                        images=rng.integers(0, 255, (24, 32, 32, 3)).astype(np.uint8), labels=np.zeros(24, np.int64))
+    page = build_report([tmp_path / "runs"], tmp_path / "report")
+    gaps = json.loads((tmp_path / "report" / "domain_gap.json").read_text())[str(run)]
+    assert [g["task"] for g in gaps] == [2]
+    assert gaps[0]["images"] == {"real_old": 16, "synthetic": 24, "real_new": 16}
+    html = page.read_text()
+    assert "Domain gap" in html and "domain_task2.png" in html
+    with PILImage.open(tmp_path / "report" / "plots" / "run-abd-s0-domain_task2.png") as png:
+        assert png.size[0] > 300

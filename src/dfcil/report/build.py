@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from dfcil.atomic import write_json
 from dfcil.errors import DataError
 from dfcil.report import plots
+from dfcil.report.domain_gap import plot_domain_gap, run_domain_gaps
 from dfcil.report.aggregate import duplicate_seed_warnings, group_runs, protocols
 from dfcil.report.html import write_html
 from dfcil.report.labels import protocol_labels, row_label, run_seed
@@ -59,6 +61,24 @@ def make_plots(report: Report, out_dir: Path) -> None:
             name = f"run-{slug}-{kind}.png"
             if draw(record, title, plot_dir / name) is not None:
                 report.run_plots.setdefault(key, {})[kind] = f"{PLOTS_DIR}/{name}"
+        add_domain_gaps(report, record, title, plot_dir)
+
+
+def add_domain_gaps(report: Report, record: RunRecord, title: str, plot_dir: Path) -> None:
+    """t-SNE plots and MID / MMD figures of a run that kept synthetic samples; a run whose
+    dataset cannot be loaded here gets a warning instead."""
+    key, slug = str(record.path), report.run_slugs[str(record.path)]
+    try:
+        gaps = run_domain_gaps(record.path, record.config)
+    except DataError as error:
+        report.warnings.append(f"{record.name}: no domain-gap diagnostics ({error})")
+        return
+    for gap in gaps:
+        name = f"run-{slug}-domain_task{gap.task}.png"
+        plot_domain_gap(gap, title, plot_dir / name)
+        report.run_plots.setdefault(key, {})[f"domain_task{gap.task}"] = f"{PLOTS_DIR}/{name}"
+    if gaps:
+        report.domain_gaps[key] = [gap.to_dict() for gap in gaps]
 
 
 def build_report(paths: list[Path], out_dir: Path) -> Path:
@@ -83,4 +103,6 @@ def build_report(paths: list[Path], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tables(report.groups, out_dir, report.excluded, report.warnings)
     make_plots(report, out_dir)
+    if report.domain_gaps:
+        write_json(out_dir / "domain_gap.json", {path: gaps for path, gaps in report.domain_gaps.items()})
     return write_html(report, out_dir)

@@ -106,8 +106,16 @@ def _run_section(report: Report, record: RunRecord, protocol: str) -> str:
         out.append(_table(("field", "value"), _session_facts(session), "facts"))
     if not sessions(record):
         out.append('<p class="muted">No run.json: provenance unknown.</p>\n')
+    gaps = report.domain_gaps.get(key)
+    if gaps:
+        out.append("<h4>Domain gap: real vs synthetic features of the old classes (model after the task)</h4>\n")
+        out.append(_table(("task", "MID real old vs synthetic", "MID real old vs real new",
+                           "MMD² real old vs synthetic", "MMD² real old vs real new"),
+                          [(str(g["task"]), str(g["mid_real_old_vs_synthetic"]), str(g["mid_real_old_vs_real_new"]),
+                            str(g["mmd_real_old_vs_synthetic"]), str(g["mmd_real_old_vs_real_new"])) for g in gaps]))
     out.append('<div class="plots">\n')
-    captions = {"matrix": "accuracy matrix", "old_new": "old vs new accuracy", "synthesis": "synthetic samples"}
+    captions = {"matrix": "accuracy matrix", "old_new": "old vs new accuracy", "synthesis": "synthetic samples",
+                **{f"domain_task{g['task']}": f"t-SNE of real and synthetic features, task {g['task']}" for g in gaps or []}}
     for kind, src in report.run_plots.get(key, {}).items():
         out.append(_img(src, f"{record.name}: {captions.get(kind, kind)}", wide=kind == "synthesis"))
     out.append("</div>\n</section>\n")

@@ -52,3 +52,4 @@ class Report:
     protocol_plots: dict[str, str] = field(default_factory=dict)
     run_plots: dict[str, dict[str, str]] = field(default_factory=dict)
     run_slugs: dict[str, str] = field(default_factory=dict)
+    domain_gaps: dict[str, list[dict[str, object]]] = field(default_factory=dict)  # run path -> per task

@@ -242,11 +242,15 @@ def save_sample_grid(draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], num_
     """PNG grid of synthetic images, one row per predicted class (up to ``per_class`` each).
 
     ``draw()`` returns a batch of normalised images and their predicted labels; at most
-    ``max_batches`` batches are drawn to fill the rows.
+    ``max_batches`` batches are drawn to fill the rows. The first batch is also kept beside the
+    grid as ``<name>_samples.npz`` (uint8 NHWC ``images`` and the old model's ``labels``) for the
+    domain-gap diagnostics of ``dfcil report`` (synthetic images, not training data).
     """
     rows: dict[int, list[torch.Tensor]] = {}
-    for _ in range(max_batches):
+    for index in range(max_batches):
         images, labels = draw()
+        if index == 0:
+            _save_samples(path.with_name(f"{path.stem}_samples.npz"), images, labels, denormalize)
         for image, label in zip(images, labels.tolist()):
             if len(rows.setdefault(label, [])) < per_class:
                 rows[label].append(image)
@@ -260,3 +264,13 @@ def save_sample_grid(draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], num_
         for c, image in enumerate(pixels):
             grid[r * (size + 2) + 1 : r * (size + 2) + 1 + size, c * (size + 2) + 1 : c * (size + 2) + 1 + size] = image
     atomic_write(path, lambda handle: Image.fromarray(grid).save(handle, format="PNG"))
+
+
+def _save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor,
+                  denormalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    pixels = denormalize(images.float()).clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    def write(handle: Any) -> None:
+        np.savez_compressed(handle, images=pixels, labels=labels.cpu().numpy().astype(np.int64))
+
+    atomic_write(path, write)
