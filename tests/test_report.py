@@ -374,3 +374,28 @@ def test_report_draws_domain_gap_of_a_run_with_synthetic_samples(tmp_path, monke
     assert "Domain gap" in html and "domain_task2.png" in html
     with PILImage.open(tmp_path / "report" / "plots" / "run-abd-s0-domain_task2.png") as png:
         assert png.size[0] > 300
+
+
+# --- the reproducibility table -------------------------------------------------------------------
+def test_reproducibility_verdicts_and_table(tmp_path):
+    from dfcil.report.model import Group, Stat
+    from dfcil.report.reproducibility import Published, load_published, render_reproducibility, verdict
+
+    entry = Published("rdfcil", "cifar100 B0 N=5", "configs/cifar100/b0_n5.yaml", "last_accuracy", 50.0, "paper")
+    assert verdict(None, entry) == "not run"
+    assert verdict(Stat(50.8, 0.0, 1, (0,)), entry) == "matches"
+    assert verdict(Stat(47.0, 2.0, 3, (0, 1, 2)), entry) == "within noise"  # |diff| 3 <= 2 * 2
+    assert verdict(Stat(45.0, 1.0, 3, (0, 1, 2)), entry) == "below"
+    assert verdict(Stat(53.5, 0.5, 3, (0, 1, 2)), entry) == "above"
+    ours = Group("cifar100 B0 N=5", "rdfcil", [], {"last_accuracy": Stat(49.5, 0.7, 3, (0, 1, 2))})
+    mini = Group("cifar100 B0 N=4 (20 classes)", "rdfcil", [], {"last_accuracy": Stat(42.7, 0.0, 1, (0,))})
+    ablation = Group("cifar100 B0 N=4 (20 classes)", "rdfcil-no-rkd", [], {"last_accuracy": Stat(35.85, 0.0, 1, (0,))})
+    text = render_reproducibility([ours, mini, ablation], [entry], "dfcil report x")
+    assert "| cifar100 B0 N=5 | A_N | 50.00 | paper | 49.50 ± 0.70 (3 seeds) | matches |" in text
+    assert "A_N 42.70 (1 seed)" in text and "| rdfcil-no-rkd | 35.85 (1 seed) |" in text
+    shipped = load_published(Path(__file__).resolve().parents[1] / "benchmarks" / "published.yaml")
+    assert {p.method for p in shipped} >= {"rdfcil", "abd", "lwf", "finetune", "deepinversion", "mfgr", "skd", "joint"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {method: x, protocol: p, config: c, metric: accuracy, value: 1, source: s}\n")
+    with pytest.raises(DataError, match="unknown metric"):
+        load_published(bad)

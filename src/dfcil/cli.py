@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories or folders holding them")
     report.add_argument("-o", "--output", type=Path, default=Path("report"), metavar="OUT",
                         help="where the report goes (default: report/)")
+    report.add_argument("--published", type=Path, metavar="YAML", help="published figures (benchmarks/published.yaml)")
+    report.add_argument("--reproducibility", type=Path, metavar="MD",
+                        help="also write the reproducibility table (e.g. REPRODUCIBILITY.md) against --published")
 
     learn = commands.add_parser("learn", help="train a model on an image folder, or add its classes to a model")
     learn.add_argument("--data", type=Path, required=True, metavar="FOLDER",
@@ -112,7 +115,7 @@ def _suite(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from dfcil.report import build_report
 
-    page = build_report(list(args.dirs), args.output)
+    page = build_report(list(args.dirs), args.output, args.published, args.reproducibility)
     print(json.dumps({"report": str(page), "tables": [str(args.output / f"report.{x}") for x in ("md", "csv", "json")]}))
     return 0
 

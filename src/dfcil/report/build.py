@@ -13,6 +13,7 @@ from dfcil.report.aggregate import duplicate_seed_warnings, group_runs, protocol
 from dfcil.report.html import write_html
 from dfcil.report.labels import protocol_labels, row_label, run_seed
 from dfcil.report.model import Report
+from dfcil.report.reproducibility import write_reproducibility
 from dfcil.report.runs import RunRecord, find_runs
 from dfcil.report.tables import write_tables
 
@@ -81,7 +82,8 @@ def add_domain_gaps(report: Report, record: RunRecord, title: str, plot_dir: Pat
         report.domain_gaps[key] = [gap.to_dict() for gap in gaps]
 
 
-def build_report(paths: list[Path], out_dir: Path) -> Path:
+def build_report(paths: list[Path], out_dir: Path, published: Path | None = None,
+                 reproducibility: Path | None = None) -> Path:
     """Aggregate the run directories under ``paths`` into ``out_dir``; return ``index.html``.
 
     Writes ``report.md``, ``report.csv``, ``report.json``, ``plots/*.png`` and ``index.html``.
@@ -102,6 +104,10 @@ def build_report(paths: list[Path], out_dir: Path) -> Path:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tables(report.groups, out_dir, report.excluded, report.warnings)
+    if reproducibility is not None:
+        if published is None:
+            raise DataError("--reproducibility needs --published (the published figures, e.g. benchmarks/published.yaml)")
+        write_reproducibility(groups, published, reproducibility)
     make_plots(report, out_dir)
     if report.domain_gaps:
         write_json(out_dir / "domain_gap.json", {path: gaps for path, gaps in report.domain_gaps.items()})
