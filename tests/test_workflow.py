@@ -248,27 +248,26 @@ def test_data_free_step_keeps_old_cifar_classes_far_above_finetune(cifar, tmp_pa
 
     dataset = load_dataset("cifar100", Path(cifar["DFCIL_DATA"]), default_cache_dir(), progress=False)
     classes = _abd_order(10)
-    _export(dataset, classes[:5], tmp_path / "first", train=300, test=100)
-    _export(dataset, classes[5:], tmp_path / "second", train=300, test=100)
-    budget = ["--set", "train.epochs=8", "--set", "train.milestones=[6]", "--no-progress"]
+    _export(dataset, classes[:5], tmp_path / "first", train=200, test=100)
+    _export(dataset, classes[5:], tmp_path / "second", train=200, test=100)
+    budget = ["--set", "train.epochs=6", "--set", "train.milestones=[5]", "--no-progress"]
     first = tmp_path / "first.safetensors"
     assert main(["learn", "--data", str(tmp_path / "first"), "-o", str(first), *budget]) == 0
     results = {}
-    for method, extra in (("rdfcil", ["--set", "method.synthesis.steps=150", "--set", "method.refine_epochs=2"]),
+    everything = tmp_path / "every"  # the test images of all 10 classes
+    everything.mkdir()
+    for part in ("first", "second"):
+        for folder in (tmp_path / part / "test").iterdir():
+            (everything / folder.name).symlink_to(folder, target_is_directory=True)
+    for method, extra in (("rdfcil", ["--set", "method.synthesis.steps=100", "--set", "method.refine_epochs=2"]),
                           ("finetune", [])):
         out = tmp_path / f"{method}.safetensors"
         assert main(["learn", "--data", str(tmp_path / "second"), "--from", str(first), "-o", str(out),
                      "--method", method, *budget, *extra]) == 0
-        model = dfcil.load(out)
-        everything = tmp_path / "every"
-        if not everything.exists():
-            for part in ("first", "second"):
-                for folder in (tmp_path / part / "test").iterdir():
-                    (everything / folder.name).symlink_to(folder, target_is_directory=True)
-        results[method] = model.evaluate(everything)
+        results[method] = dfcil.load(out).evaluate(everything)
     rdfcil, finetune = results["rdfcil"], results["finetune"]
     old = {m: r.per_step[0]["accuracy"] for m, r in results.items()}
-    assert rdfcil.accuracy > 40.0  # chance on 10 classes: 10 %
-    assert old["rdfcil"] > old["finetune"] + 20.0, old
+    assert rdfcil.accuracy > 30.0, rdfcil.accuracy  # chance on 10 classes: 10 %
+    assert old["rdfcil"] > old["finetune"] + 15.0, old
     predictions = dfcil.load(tmp_path / "rdfcil.safetensors").predict(tmp_path / "second" / "test", top=1)
     assert len(predictions) == 500
