@@ -1,0 +1,211 @@
+"""Speed of every method's training step, its generator training and evaluation, with FLOP
+utilisation, on the current machine.
+
+For each method, the engine (``Trainer``) is brought to task ``--task`` (default 2) of the mini
+split (4 tasks of 5 classes, ResNet-32, batch 128, the engine's defaults: bf16 autocast where
+native, channels_last) on random uint8 images - speed does not depend on the pixels - with a
+generator trained for only a few steps (its quality does not change the cost of a step). Then:
+
+* **training step**: one epoch of the task (2,500 real images, 20 steps) through the engine's own
+  loop (``Trainer._train_epoch``: batch augmentation, the method's loss terms, backward, SGD),
+  timed after a warm-up epoch; images/second counts real images only;
+* **FLOPs per step**: ``torch.utils.flop_counter.FlopCounterMode`` over one more epoch (forward
+  and backward of every module the step runs: real and synthetic batches, the frozen old
+  model, generator sampling), divided by the steps;
+* **utilisation** = FLOPs per step / seconds per step / the machine's peak, where the peak is
+  measured here as the best bf16 (and fp32) matmul throughput of large square matrices
+  (``--peak-gflops`` states one instead);
+* **generator steps/second** (data-free methods): ``prepare_task`` with ``--generator-steps``
+  steps, timed, minus the same call with 1 step;
+* **evaluation images/second**: the engine's task-agnostic evaluation of 2,000 test images.
+
+Usage::
+
+    python benchmarks/method_speed.py [--methods finetune lwf rdfcil ...] [--task 2] [--no-write]
+
+Writes ``benchmarks/results/method_speed.{json,md}`` (atomically) unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dfcil.atomic import write_json, write_text
+from dfcil.config import load_config
+from dfcil.data import DatasetArrays, ImageArrays
+from dfcil.engine.trainer import Trainer
+from dfcil.methods import METHODS
+from dfcil.run import git_commit, machine_description
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERATOR_SECTIONS = {"deepinversion": "synthesis", "abd": "synthesis", "rdfcil": "synthesis",
+                      "mfgr": "synthesis", "skd": "delegator"}
+
+
+def random_dataset(classes: int = 20, train: int = 500, test: int = 100, seed: int = 0) -> DatasetArrays:
+    """CIFAR-shaped random uint8 images (speed does not depend on the pixels)."""
+    rng = np.random.default_rng(seed)
+
+    def split(per_class: int) -> ImageArrays:
+        labels = np.repeat(np.arange(classes), per_class).astype(np.int64)
+        return ImageArrays(rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8), labels)
+
+    return DatasetArrays("random", split(train), split(test), [f"c{i}" for i in range(classes)],
+                         (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "random")
+
+
+def measured_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Best matmul throughput (GFLOP/s) of ``size`` x ``size`` matrices in ``dtype`` on the CPU."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def config_for(method: str, generator_steps: int) -> Any:
+    """The mini config for ``method`` with a short generator budget."""
+    overrides = [f"method.name={method}", "runtime.progress=false"]
+    section = GENERATOR_SECTIONS.get(method)
+    if section == "synthesis":
+        overrides.append(f"method.synthesis.steps={generator_steps}")
+        if method == "mfgr":
+            overrides.append("method.synthesis.batch_size=128")
+        if method == "rdfcil":
+            overrides.append("method.refine_epochs=1")
+    elif section == "delegator":
+        overrides += [f"method.delegator.iterations={generator_steps}", "method.delegator.batch_size=128",
+                      "method.delegator_check=false"]
+    return load_config(ROOT / "configs" / "mini.yaml", overrides)
+
+
+def reach_task(trainer: Trainer, task_index: int) -> None:
+    """Run ``prepare_task`` + add the head of every task before ``task_index`` (no training)."""
+    for task in trainer.scenario.tasks[:task_index]:
+        trainer.method.prepare_task(trainer.model, task)
+        trainer.model.add_head(task.num_new)
+
+
+def timed_prepare(method: str, task_index: int, steps: int, dataset: DatasetArrays, work: Path) -> float:
+    """Seconds of ``prepare_task`` of ``task_index`` with a generator budget of ``steps``."""
+    trainer = Trainer(config_for(method, steps), work / f"prep-{method}-{steps}", dataset)
+    reach_task(trainer, task_index)
+    start = time.perf_counter()
+    trainer.method.prepare_task(trainer.model, trainer.scenario.tasks[task_index])
+    return time.perf_counter() - start
+
+
+def measure(method: str, task_index: int, generator_steps: int, dataset: DatasetArrays, work: Path) -> dict[str, Any]:
+    """Step time, FLOPs per step, generator and evaluation speed of one method."""
+    trainer = Trainer(config_for(method, 2), work / method, dataset)
+    reach_task(trainer, task_index)
+    task = trainer.scenario.tasks[task_index]
+    trainer.method.prepare_task(trainer.model, task)
+    trainer.model.add_head(task.num_new)
+    phase = trainer.method.phases(task)[0]
+    optimizer, _ = trainer._optimizer(phase)
+    trainer._train_epoch(task, phase, 1, optimizer)  # warm-up (allocations, autotuning)
+    stats = trainer._train_epoch(task, phase, 2, optimizer)
+    steps = -(-stats.images // trainer.config.train.batch_size)
+    with FlopCounterMode(display=False) as counter:
+        trainer._train_epoch(task, phase, 3, optimizer)
+    flops_per_step = counter.get_total_flops() / steps
+    result: dict[str, Any] = {
+        "method": method,
+        "task": task_index + 1,
+        "phase": phase.name,
+        "step_ms": 1000.0 * stats.seconds / steps,
+        "images_per_s": stats.images / stats.seconds,
+        "gflop_per_step": flops_per_step / 1e9,
+        "gflops": flops_per_step / (stats.seconds / steps) / 1e9,
+    }
+    start = time.perf_counter()
+    trainer._evaluate(task)
+    evaluated = len(trainer.test_data.indices_of(0, task.stop))
+    result["eval_images_per_s"] = evaluated / (time.perf_counter() - start)
+    if method in GENERATOR_SECTIONS and generator_steps > 1:
+        extra = timed_prepare(method, task_index, generator_steps, dataset, work) \
+            - timed_prepare(method, task_index, 1, dataset, work)
+        result["generator_steps_per_s"] = (generator_steps - 1) / max(extra, 1e-9)
+    return result
+
+
+def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict[str, Any]) -> str:
+    """The results as a Markdown table with provenance."""
+    peak_bf16 = peaks["bf16"]
+    rows = []
+    finetune = next((r for r in results if r["method"] == "finetune"), None)
+    for r in results:
+        relative = f"{r['step_ms'] / finetune['step_ms']:.2f}x" if finetune else "-"
+        generator = f"{r['generator_steps_per_s']:.2f}" if "generator_steps_per_s" in r else "-"
+        rows.append(f"| {r['method']} | {r['step_ms']:.0f} | {relative} | {r['images_per_s']:.0f} | "
+                    f"{r['gflop_per_step']:.1f} | {r['gflops']:.0f} | {100 * r['gflops'] / peak_bf16:.0f} % | "
+                    f"{generator} | {r['eval_images_per_s']:.0f} |")
+    return "\n".join([
+        "# Method speed",
+        "",
+        f"Produced by `python benchmarks/method_speed.py {' '.join(sys.argv[1:])}` at commit `{facts['commit']}`",
+        f"on {facts['machine']['processor']} ({facts['machine']['cpu_count']} cores, torch {facts['machine']['torch']},",
+        f"{facts['machine']['torch_threads']} threads, precision {facts['precision']}). Mini split, task {results[0]['task']} "
+        "(5 old + 5 new classes), ResNet-32, batch 128 real images, random pixels.",
+        f"Peak: best measured matmul throughput here, bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s"
+        + (" (stated with --peak-gflops)" if facts.get("peak_stated") else "") + "; utilisation is against the bf16 peak.",
+        "",
+        "| method | step ms | vs finetune | real images/s | GFLOP/step | GFLOP/s | utilisation | generator steps/s | eval images/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "GFLOP/step counts every forward and backward of the step (real and synthetic batches, frozen",
+        "old model, generator sampling) with PyTorch's FlopCounterMode; generator steps/s is the",
+        "method's own generator (or SKD's delegator: one iteration = 5 imitate + 1 explore step) at",
+        "batch 128 (MFGR: 128; ABD / R-DFCIL / DeepInversion: the real batch size).",
+        "",
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "joint"])
+    parser.add_argument("--task", type=int, default=2, help="the task whose step is measured (1-based, default 2)")
+    parser.add_argument("--generator-steps", type=int, default=11, help="generator steps timed per method")
+    parser.add_argument("--peak-gflops", type=float, help="state the bf16 peak instead of measuring it")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]}")
+    peaks = {"bf16": args.peak_gflops or measured_peak(torch.bfloat16), "fp32": measured_peak(torch.float32)}
+    dataset = random_dataset()
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        for method in args.methods:
+            result = measure(method, args.task - 1, args.generator_steps, dataset, Path(work))
+            results.append(result)
+            print(result, flush=True)
+    probe = Trainer(config_for("finetune", 1), Path(tempfile.mkdtemp()), dataset)
+    facts = {"commit": git_commit(ROOT / "src" / "dfcil"), "machine": machine_description("cpu"),
+             "precision": probe.env.precision, "peak_stated": args.peak_gflops is not None}
+    text = markdown(results, peaks, facts)
+    print(text)
+    if not args.no_write:
+        out = ROOT / "benchmarks" / "results"
+        write_json(out / "method_speed.json", {"peaks_gflops": peaks, **facts, "results": results})
+        write_text(out / "method_speed.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
