@@ -149,7 +149,7 @@ def summarize(results: Path = RESULTS, config: Path = MINI_CONFIG) -> str:
             "protocol; R-DFCIL's head refinement runs 5 epochs (its 40 of 160, compressed 8x like the rest).",
             "MFGR's generator trains 200 steps at batch 128 per task (the paper: 60,000 at 512), because its",
             "training step also grows with the old classes (B * n_old / n_new generated images per step).",
-            "Minutes are wall-clock and only comparable where the CPU ran nothing else: the abd and mfgr",
+            "Minutes are wall-clock and only comparable where the CPU ran nothing else: the abd, mfgr and mfgr-no-div",
             "rows shared it with other jobs for part of their run (see FINDINGS.md).",
             f"Machine: {machine}.",
             "",
