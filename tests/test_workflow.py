@@ -213,7 +213,8 @@ def test_learn_predict_evaluate_on_a_tiny_folder(tmp_path, capsys):
     assert "'unknown'" in capsys.readouterr().err
 
 
-def test_learn_rejects_bad_recipe_keys(tmp_path, capsys):
+def test_learn_rejects_bad_recipe_keys(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output, model.safetensors, would land here
     first = _write_class_folders(tmp_path / "first", {"dark": 0, "mid": 100}, per_class=4)
     assert main(["learn", "--data", str(first), "--set", "scenario.num_tasks=3", *TINY]) == 2
     assert "scenario: not used by dfcil learn" in capsys.readouterr().err
@@ -221,7 +222,7 @@ def test_learn_rejects_bad_recipe_keys(tmp_path, capsys):
     assert "--image-size" in capsys.readouterr().err
     assert main(["learn", "--data", str(first), "--image-size", "48", *TINY]) == 2
     assert "--image-size must be one of" in capsys.readouterr().err
-    assert not (Path.cwd() / "model.safetensors").exists() or True  # nothing written on refusal
+    assert not (tmp_path / "model.safetensors").exists()  # nothing written on refusal
 
 
 # --- real images ----------------------------------------------------------------------------------
@@ -265,9 +266,10 @@ def test_data_free_step_keeps_old_cifar_classes_far_above_finetune(cifar, tmp_pa
         assert main(["learn", "--data", str(tmp_path / "second"), "--from", str(first), "-o", str(out),
                      "--method", method, *budget, *extra]) == 0
         results[method] = dfcil.load(out).evaluate(everything)
-    rdfcil, finetune = results["rdfcil"], results["finetune"]
     old = {m: r.per_step[0]["accuracy"] for m, r in results.items()}
-    assert rdfcil.accuracy > 30.0, rdfcil.accuracy  # chance on 10 classes: 10 %
+    print("workflow e2e: accuracy on 10 classes", {m: round(r.accuracy, 2) for m, r in results.items()},
+          "old classes", old)
+    assert results["rdfcil"].accuracy > 30.0, results["rdfcil"].accuracy  # chance on 10 classes: 10 %
     assert old["rdfcil"] > old["finetune"] + 15.0, old
     predictions = dfcil.load(tmp_path / "rdfcil.safetensors").predict(tmp_path / "second" / "test", top=1)
     assert len(predictions) == 500

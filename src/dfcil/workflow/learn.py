@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from dfcil.config import Config, apply_overrides, config_to_dict, load_yaml_tree, parse_config
 from dfcil.data.arrays import DatasetArrays, ImageArrays
