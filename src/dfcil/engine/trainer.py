@@ -35,7 +35,7 @@ from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
 from dfcil.errors import ConfigError, DataError, DfcilError
 from dfcil.methods import Batch, Method, Phase, RunEnv, method_class, parse_method_options
-from dfcil.models import IncrementalClassifier, build_backbone
+from dfcil.models import IncrementalClassifier, build_classifier
 from dfcil.precision import resolve_precision
 from dfcil.runlog import RunLog
 from dfcil.scenario import Scenario, Task, build_scenario
@@ -162,15 +162,7 @@ class Trainer:
 
     def make_model(self, head_sizes: list[int] | tuple[int, ...]) -> IncrementalClassifier:
         """A freshly initialised model with heads of ``head_sizes``, on the run's device."""
-        cfg = self.config.model
-        options: dict[str, Any] = {}
-        if cfg.backbone == "resnet32":
-            options["variant"] = cfg.resnet32_variant
-        elif cfg.backbone == "resnet18":
-            options["stem"] = cfg.resnet18_stem
-        model = IncrementalClassifier(build_backbone(cfg.backbone, **options), cfg.head_init_std)
-        for size in head_sizes:
-            model.add_head(size)
+        model = build_classifier(self.config.model, head_sizes)
         model.to(self.device)
         if self.config.train.channels_last:
             model.to(memory_format=torch.channels_last)

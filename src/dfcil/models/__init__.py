@@ -7,7 +7,7 @@ Backbones are built by name through :func:`build_backbone`; each returns an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -46,9 +46,28 @@ def build_backbone(name: str, **options: Any) -> nn.Module:
     return factory(**options)
 
 
+def build_classifier(spec: Any, head_sizes: Sequence[int] = ()) -> IncrementalClassifier:
+    """A freshly initialised CPU classifier with heads of ``head_sizes``.
+
+    ``spec`` has the fields of the config's ``model`` section (``backbone``,
+    ``resnet32_variant``, ``resnet18_stem``, ``head_init_std``): a ``ModelConfig`` or a model
+    file's ``Architecture``.
+    """
+    options: dict[str, Any] = {}
+    if spec.backbone == "resnet32":
+        options["variant"] = spec.resnet32_variant
+    elif spec.backbone == "resnet18":
+        options["stem"] = spec.resnet18_stem
+    model = IncrementalClassifier(build_backbone(spec.backbone, **options), spec.head_init_std)
+    for size in head_sizes:
+        model.add_head(size)
+    return model
+
+
 __all__ = [
     "BACKBONES",
     "IncrementalClassifier",
+    "build_classifier",
     "ModelOutput",
     "build_backbone",
     "frozen_copy",

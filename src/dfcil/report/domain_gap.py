@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfcil.atomic import atomic_write
 from dfcil.errors import DataError
 
 MAX_REAL = 500  # real images per set (evenly spaced), to keep t-SNE and MMD cheap
@@ -165,7 +164,7 @@ def run_domain_gaps(run_dir: Path, config: dict[str, Any]) -> list[TaskGap]:
     from dfcil.config import parse_config
     from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
     from dfcil.scenario import build_scenario
-    from dfcil.workflow.artifact import Architecture
+    from dfcil.models import build_classifier
 
     parsed = parse_config(config)
     dataset = load_dataset(parsed.data.dataset, resolve_data_root(parsed.data.root), default_cache_dir(),
@@ -184,7 +183,7 @@ def run_domain_gaps(run_dir: Path, config: dict[str, Any]) -> list[TaskGap]:
                 synthetic = data["images"]
         except Exception as error:  # noqa: BLE001 - any damage is reported as one line
             raise DataError(f"cannot read {file} or {checkpoint}: {' '.join(str(error).split())}") from None
-        model = Architecture.from_config(parsed.model).build(saved["head_sizes"])
+        model = build_classifier(parsed.model, saved["head_sizes"])
         model.load_state_dict(saved["model"])
         old_stop = scenario.tasks[task - 2].stop
         new = scenario.tasks[task - 1]
@@ -207,11 +206,9 @@ def run_domain_gaps(run_dir: Path, config: dict[str, Any]) -> list[TaskGap]:
 
 def plot_domain_gap(gap: TaskGap, title: str, path: Path) -> None:
     """Scatter of the t-SNE map (real old / synthetic / real new), the figures in the title."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from dfcil.report.plots import new_figure, save_figure
 
-    figure = Figure(figsize=(6.5, 6.0))
-    FigureCanvasAgg(figure)
+    figure = new_figure(6.5, 6.0)
     axes = figure.add_subplot()
     bounds = np.cumsum((0,) + gap.sizes)
     for (start, stop), name, colour in zip(zip(bounds[:-1], bounds[1:]),
@@ -226,5 +223,4 @@ def plot_domain_gap(gap: TaskGap, title: str, path: Path) -> None:
                    f"vs real-new {gap.mid_real_new:.2f}\nMMD² {gap.mmd_real_synthetic:.3f} vs {gap.mmd_real_new:.3f}",
                    fontsize=9)
     figure.tight_layout()
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
-    figure.clear()
+    save_figure(figure, path)

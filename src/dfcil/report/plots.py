@@ -27,7 +27,8 @@ from dfcil.report.runs import RunRecord
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A pyplot-free figure with an Agg canvas (no global matplotlib state)."""
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
     return figure
@@ -58,7 +59,7 @@ def classes_learned(record: RunRecord) -> list[int] | None:
 
 def accuracy_curve(protocol: str, groups: Sequence[Group], path: Path) -> Path:
     """Accuracy on all seen classes vs classes learned: one line per method, ± std band."""
-    figure = _figure(9.0, 4.8)
+    figure = new_figure(9.0, 4.8)
     axes = figure.add_subplot()
     palette = colormaps["tab20"].colors
     colours = palette[0::2] + palette[1::2]  # ten distinct hues first, then their light shades
@@ -102,7 +103,7 @@ def accuracy_matrix(record: RunRecord, title: str, path: Path) -> Path | None:
     for i, row in enumerate(rows):
         matrix[i, : len(row)] = [_number(v) for v in row]
     side = 1.0 + 0.7 * size
-    figure = _figure(max(4.0, side + 1.5), max(3.5, 0.7 * len(rows) + 1.5))
+    figure = new_figure(max(4.0, side + 1.5), max(3.5, 0.7 * len(rows) + 1.5))
     axes = figure.add_subplot()
     image = axes.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0, vmax=100)
     for i in range(matrix.shape[0]):
@@ -126,7 +127,7 @@ def old_new(record: RunRecord, title: str, path: Path) -> Path | None:
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         return None
     steps = [int(e.get("step", i + 1)) for i, e in enumerate(entries)]
-    figure = _figure(6.0, 4.0)
+    figure = new_figure(6.0, 4.0)
     axes = figure.add_subplot()
     axes.plot(steps, [_number(e.get("old")) for e in entries], marker="o", label="old classes")
     axes.plot(steps, [_number(e.get("new")) for e in entries], marker="s", label="new classes")
@@ -156,7 +157,7 @@ def synthesis_page(record: RunRecord, title: str, path: Path) -> Path | None:
         return None
     columns = min(3, len(grids))
     lines = math.ceil(len(grids) / columns)
-    figure = _figure(4.0 * columns, 4.0 * lines + 0.6)
+    figure = new_figure(4.0 * columns, 4.0 * lines + 0.6)
     for index, (task, file) in enumerate(grids):
         axes = figure.add_subplot(lines, columns, index + 1)
         axes.imshow(_load_image(file), interpolation="nearest")

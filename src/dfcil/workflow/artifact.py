@@ -19,7 +19,7 @@ import torch
 from dfcil.atomic import write_bytes
 from dfcil.config import ModelConfig
 from dfcil.errors import DfcilError
-from dfcil.models import IncrementalClassifier, build_backbone
+from dfcil.models import IncrementalClassifier, build_classifier
 
 FORMAT = "dfcil-model"
 FORMAT_VERSION = 1
@@ -49,15 +49,7 @@ class Architecture:
 
     def build(self, head_sizes: list[int]) -> IncrementalClassifier:
         """A freshly initialised network with heads of ``head_sizes`` (CPU, fp32)."""
-        options: dict[str, Any] = {}
-        if self.backbone == "resnet32":
-            options["variant"] = self.resnet32_variant
-        elif self.backbone == "resnet18":
-            options["stem"] = self.resnet18_stem
-        model = IncrementalClassifier(build_backbone(self.backbone, **options), self.head_init_std)
-        for size in head_sizes:
-            model.add_head(size)
-        return model
+        return build_classifier(self, head_sizes)
 
 
 @dataclass(frozen=True)

@@ -123,10 +123,10 @@ def evaluate_folder(info: ModelInfo, model: IncrementalClassifier, root: Path, s
         })
         start += size
     present = [position[name] for name in names]
-    column = {label: i for i, label in enumerate(present)}
-    confusion = np.zeros((len(present), len(present) + 1), dtype=np.int64)  # last column: other classes
-    for truth, guess in zip(labels, predictions):
-        confusion[column[int(truth)], column.get(int(guess), len(present))] += 1
+    lookup = np.full(len(info.class_names), len(present), dtype=np.int64)  # last column: other classes
+    lookup[present] = np.arange(len(present))
+    confusion = np.zeros((len(present), len(present) + 1), dtype=np.int64)
+    np.add.at(confusion, (lookup[labels], lookup[predictions]), 1)
     if not confusion[:, -1].any():
         confusion = confusion[:, :-1]
     return Evaluation(
@@ -142,19 +142,15 @@ def evaluate_folder(info: ModelInfo, model: IncrementalClassifier, root: Path, s
 
 def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> None:
     """Write the confusion matrix (row-normalised, %) as a PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dfcil.atomic import atomic_write
+    from dfcil.report.plots import new_figure, save_figure
 
     counts = evaluation.confusion.astype(np.float64)
     rates = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     columns = list(evaluation.class_names) + (["(other)"] if counts.shape[1] > counts.shape[0] else [])
     n = len(evaluation.class_names)
     side = min(24.0, 3.0 + 0.35 * max(n, 4))
-    figure, axes = plt.subplots(figsize=(side + 1.5, side))
+    figure = new_figure(side + 1.5, side)
+    axes = figure.add_subplot()
     image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=100, aspect="auto")
     axes.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7 if n > 30 else 9)
     axes.set_yticks(range(n), evaluation.class_names, fontsize=7 if n > 30 else 9)
@@ -169,7 +165,4 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> None:
                               color="white" if rates[row, col] > 50 else "black")
     figure.colorbar(image, ax=axes, label="% of the true class")
     figure.tight_layout()
-    try:
-        atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
-    finally:
-        plt.close(figure)
+    save_figure(figure, path)

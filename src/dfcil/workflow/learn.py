@@ -9,6 +9,7 @@ the ``seed``, ``data`` augmentation, ``model``, ``train``, ``method`` and ``runt
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
@@ -145,8 +146,10 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
     scenario = _scenario(head_sizes, len(folder.class_names))
     config = parse_config(apply_overrides(config_to_dict(config), [f"runtime.progress={str(options.progress).lower()}"]))
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dfcil-learn-") as temporary:
-        workdir = Path(options.workdir) if options.workdir is not None else Path(temporary)
+    scratch = (contextlib.nullcontext(str(options.workdir)) if options.workdir is not None
+               else tempfile.TemporaryDirectory(prefix="dfcil-learn-"))
+    with scratch as workdir_name:
+        workdir = Path(workdir_name)
         trainer = Trainer(config, workdir, dataset, scenario=scenario, start_task=len(head_sizes))
         if model is not None:
             trainer.load_model(head_sizes, model.state_dict())
