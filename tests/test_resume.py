@@ -12,8 +12,11 @@ from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+# a multistep schedule whose milestones fall after the kill point: the resumed scheduler must
+# still decay (checkpoints once lost MultiStepLR's milestones and kept the lr for good)
 ARGS = ["--set", "method.name=lwf", "--set", "train.epochs=4", "--set", "runtime.progress=false",
-        "--set", "runtime.num_threads=1", "--set", "data.train_per_class=60"]
+        "--set", "runtime.num_threads=1", "--set", "data.train_per_class=60",
+        "--set", "train.schedule=multistep", "--set", "train.milestones=[2,3]", "--set", "train.lr=0.1"]
 
 
 def dfcil(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -29,6 +32,11 @@ def epoch_records(run_dir: Path) -> list[tuple[int, int]]:
     except json.JSONDecodeError:
         return []
     return [(r["task"], r["epoch"]) for r in records if r["event"] == "epoch"]
+
+
+def epoch_lrs(run_dir: Path) -> list[tuple[int, int, float]]:
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [(r["task"], r["epoch"], round(r["lr"], 8)) for r in records if r["event"] == "epoch"]
 
 
 def comparable(metrics: dict) -> dict:
@@ -64,6 +72,8 @@ def test_sigkill_then_resume_gives_identical_metrics(cifar_env, tmp_path):
     b = json.loads((interrupted / "metrics.json").read_text())
     assert comparable(a) == comparable(b)
     assert epoch_records(interrupted) == epoch_records(reference)
+    assert epoch_lrs(interrupted) == epoch_lrs(reference)
+    assert [lr for task, _, lr in epoch_lrs(reference) if task == 2] == [0.1, 0.1, 0.01, 0.001]
     sessions = json.loads((interrupted / "run.json").read_text())["sessions"]
     assert len(sessions) == 2 and sessions[1]["resumed_from"]["task"] == 1
 
@@ -71,3 +81,26 @@ def test_sigkill_then_resume_gives_identical_metrics(cifar_env, tmp_path):
     again = dfcil(["run", "--resume", str(interrupted)], env)
     assert again.returncode == 0 and "already complete" in again.stderr
     assert comparable(json.loads((interrupted / "metrics.json").read_text())) == comparable(a)
+
+
+def test_checkpoints_keep_multistep_milestones_and_repair_old_ones(tmp_path):
+    from collections import Counter
+
+    import torch
+
+    from dfcil.engine import checkpoint as ckpt
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [10, 15], 0.1)
+    state = ckpt.Checkpoint(fingerprint="f", position=ckpt.Position(0, 0, 7, False), head_sizes=[2], model={},
+                            method={}, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng={},
+                            results=[], wall_time_s=0.0)
+    ckpt.save(tmp_path, state)
+    saved = torch.load(tmp_path / ckpt.LAST, weights_only=False)
+    assert saved["scheduler"]["milestones"] == Counter({10: 1, 15: 1})
+    assert saved["position"] == {"task": 0, "phase": 0, "epoch": 7, "task_done": False}
+    # checkpoints written before the fix hold Counter({(10, 1): 1, (15, 1): 1})
+    mangled = {**saved["scheduler"], "milestones": Counter({(10, 1): 1, (15, 1): 1})}
+    assert ckpt._repair_milestones(mangled)["milestones"] == Counter({10: 1, 15: 1})
+    assert ckpt._repair_milestones(None) is None

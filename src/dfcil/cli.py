@@ -83,12 +83,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dfcil.distributed import Distributed
     from dfcil.run import execute, prepare
 
     if args.resume is not None and args.output is not None and args.output != args.resume:
         raise DfcilError("--resume RUN_DIR and -o name different directories")
     config, run_dir, checkpoint = prepare(args.config, args.output, args.overrides, args.resume)
-    metrics = execute(config, run_dir, checkpoint)
+    # under torchrun every process gets here before any of them writes (the group's rendezvous)
+    dist = Distributed.from_environment(config.runtime.device)
+    try:
+        run_dir = dist.broadcast_object(run_dir)  # one directory even if the ranks' clocks differ
+        metrics = execute(config, run_dir, checkpoint, dist)
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return 0
     summary = {
         "run_dir": str(run_dir),
         "last_accuracy": metrics.get("last_accuracy"),

@@ -14,6 +14,8 @@ from types import TracebackType
 import torch
 from torch import nn
 
+from dfcil.distributed import SINGLE, Distributed
+
 
 @dataclass
 class BatchNormInput:
@@ -29,10 +31,13 @@ class BatchNormInputs:
     """``with BatchNormInputs(model) as bn: model(x); bn.stats`` -> one entry per BN layer.
 
     Statistics are taken over (N, H, W) in float32 and keep the autograd graph, so a loss on
-    them back-propagates into whatever produced ``x``.
+    them back-propagates into whatever produced ``x``. In a multi-process run (``dist``) they
+    are the statistics of the global batch: per-channel sums and sums of squares are summed
+    over the ranks (differentiably) before the mean and variance are formed.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, dist: Distributed = SINGLE) -> None:
+        self.dist = dist
         self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.stats: list[BatchNormInput] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -42,10 +47,18 @@ class BatchNormInputs:
         dims = [0] + list(range(2, x.dim()))
         assert isinstance(module, nn.modules.batchnorm._BatchNorm)
         assert module.running_mean is not None and module.running_var is not None
+        if self.dist.enabled:
+            count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
+            sums = self.dist.all_sum(torch.cat([x.sum(dim=dims), (x * x).sum(dim=dims), count]))
+            channels = x.shape[1]
+            mean = sums[:channels] / sums[-1]
+            var = (sums[channels : 2 * channels] / sums[-1] - mean * mean).clamp_min(0.0)
+        else:
+            mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
         self.stats.append(
             BatchNormInput(
-                mean=x.mean(dim=dims),
-                var=x.var(dim=dims, unbiased=False),
+                mean=mean,
+                var=var,
                 running_mean=module.running_mean,
                 running_var=module.running_var,
             )

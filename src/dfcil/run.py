@@ -8,6 +8,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 from dfcil import __version__
 from dfcil.atomic import write_json, write_text
 from dfcil.config import Config, apply_overrides, config_to_dict, fingerprint, load_config, load_yaml_tree, parse_config
+from dfcil.distributed import SINGLE, Distributed
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import ConfigError, RunDirError
@@ -124,8 +126,19 @@ def prepare(
     return config, run_dir, None
 
 
-def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None) -> dict[str, Any]:
-    """Load data, write the run's config and provenance, train, and return the metrics."""
+def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None,
+            dist: Distributed = SINGLE) -> dict[str, Any]:
+    """Load data, write the run's config and provenance, train, and return the metrics.
+
+    In a multi-process run (``dist``) rank 0 writes ``run_dir``; the other ranks train into a
+    scratch directory that is deleted at the end."""
+    if dist.is_main:
+        return _execute(config, run_dir, checkpoint, dist)
+    with tempfile.TemporaryDirectory(prefix=f"dfcil-rank{dist.rank}-") as scratch:
+        return _execute(config, Path(scratch), checkpoint, dist)
+
+
+def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, dist: Distributed) -> dict[str, Any]:
     from dfcil.engine.trainer import Trainer
 
     metrics_file = run_dir / "metrics.json"
@@ -136,11 +149,21 @@ def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None) -
             return done
     upper = load_upper_bound(config.runtime.upper_bound)
     root = resolve_data_root(config.data.root)
-    dataset = load_dataset(
-        config.data.dataset, root, default_cache_dir(), image_size=config.data.image_size,
-        download=config.data.download, progress=config.runtime.progress,
-    )
-    trainer = Trainer(config, run_dir, dataset, upper_bound=_upper_accuracies(upper, config, dataset))
+
+    def load() -> Any:
+        return load_dataset(
+            config.data.dataset, root, default_cache_dir(), image_size=config.data.image_size,
+            download=config.data.download, progress=config.runtime.progress and dist.is_main,
+        )
+
+    # rank 0 decodes (and caches) the data first; the others then read its cache
+    dataset = load() if dist.is_main else None
+    dist.barrier()
+    if dataset is None:
+        dataset = load()
+    trainer = Trainer(config, run_dir, dataset, upper_bound=_upper_accuracies(upper, config, dataset), dist=dist)
+    if not dist.is_main:
+        return trainer.run(resume=checkpoint)
     if checkpoint is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -159,6 +182,7 @@ def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None) -
             "precision": trainer.env.precision,
             "data": dataset.source,
             "resumed_from": None if checkpoint is None else vars(checkpoint.position),
+            "processes": dist.world_size,
         }
     )
     write_json(run_file, {"fingerprint": fingerprint(config), "sessions": sessions})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class Checkpoint:
     rng: dict[str, Any]
     results: list[dict[str, Any]]
     wall_time_s: float
+    world_size: int = 1  # processes of the run that wrote it (any count may resume it)
 
 
 def run_fingerprint(config: Config) -> str:
@@ -52,7 +54,10 @@ def run_fingerprint(config: Config) -> str:
 
 def save(run_dir: Path, checkpoint: Checkpoint) -> None:
     """Atomically replace ``run_dir/checkpoints/last.pt``."""
-    payload = asdict(checkpoint)
+    # shallow on purpose: dataclasses.asdict deep-copies nested dicts through their type's
+    # constructor, which turns the Counter of MultiStepLR's milestones into a Counter of
+    # (milestone, count) pairs, so a resumed schedule would never decay again
+    payload = {field.name: getattr(checkpoint, field.name) for field in fields(checkpoint)}
     payload["position"] = asdict(checkpoint.position)
     payload["format"] = FORMAT_VERSION
     torch_save(run_dir / LAST, payload)
@@ -76,7 +81,17 @@ def load(run_dir: Path, config: Config) -> Checkpoint | None:
         )
     payload.pop("format")
     payload["position"] = Position(**payload["position"])
+    payload["scheduler"] = _repair_milestones(payload.get("scheduler"))
     return Checkpoint(**payload)
+
+
+def _repair_milestones(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Undo the mangling of MultiStepLR milestones in checkpoints written before the fix in
+    :func:`save` (``Counter({(10, 1): 1})`` -> ``Counter({10: 1})``)."""
+    milestones = None if state is None else state.get("milestones")
+    if isinstance(milestones, Counter) and milestones and all(isinstance(k, tuple) for k in milestones):
+        state = {**state, "milestones": Counter({int(k[0]): int(k[1]) for k in milestones})}
+    return state
 
 
 def save_task_model(run_dir: Path, task_index: int, model: IncrementalClassifier, scenario: Scenario) -> None:

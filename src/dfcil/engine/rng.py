@@ -30,11 +30,12 @@ def capture(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 
 
 def restore(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-    """Inverse of :func:`capture`."""
+    """Inverse of :func:`capture` (generators the state does not hold are left as they are)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     for name, generator in generators.items():
-        generator.set_state(state["own"][name])
+        if name in state["own"]:  # a generator of another process count's run may be absent
+            generator.set_state(state["own"][name])

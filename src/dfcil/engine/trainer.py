@@ -28,6 +28,7 @@ from dfcil.atomic import write_json
 from dfcil.augment import Normalizer, TrainAugment
 from dfcil.config import Config
 from dfcil.data import DatasetArrays
+from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.evaluate import predict, predict_logits
 from dfcil.engine.results import RunResults, evaluate_task
@@ -39,6 +40,12 @@ from dfcil.models import IncrementalClassifier, build_classifier
 from dfcil.precision import resolve_precision
 from dfcil.runlog import RunLog
 from dfcil.scenario import Scenario, Task, build_scenario
+
+
+def rank_seed(seed: int, rank: int, salt: int = 0) -> int:
+    """Seed of rank ``rank``'s own random numbers (synthetic noise, augmentation) in a
+    multi-process run; ``salt`` distinguishes re-seeding after a resume."""
+    return (seed * 1_000_003 + (rank + 1) * 7_919 + salt * 104_729) % 2**63
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,15 +106,18 @@ class Trainer:
     """Runs one experiment into one run directory (see module docstring)."""
 
     def __init__(self, config: Config, run_dir: Path, dataset: DatasetArrays, upper_bound: list[float] | None = None,
-                 scenario: Scenario | None = None, start_task: int = 0):
+                 scenario: Scenario | None = None, start_task: int = 0, dist: Distributed = SINGLE):
         """``scenario`` replaces the one built from ``config.scenario`` (any task sizes);
         ``start_task`` > 0 trains from that task on, starting from the model given to
-        :meth:`load_model` (the earlier tasks' classes need no images: data-free steps)."""
+        :meth:`load_model` (the earlier tasks' classes need no images: data-free steps).
+        ``dist``: this process's rank in a torchrun run (see :mod:`dfcil.distributed`); ranks
+        other than 0 should get a scratch ``run_dir`` and write no checkpoints or metrics."""
         self.config = config
         self.run_dir = run_dir
         self.dataset = dataset
         self.upper_bound = upper_bound
-        self.device = resolve_device(config.runtime.device)
+        self.dist = dist
+        self.device = resolve_device(dist.device_name(config.runtime.device))
         if config.runtime.num_threads:
             torch.set_num_threads(config.runtime.num_threads)
         seed_everything(config.seed)
@@ -121,12 +131,15 @@ class Trainer:
         self._check_class_coverage()
         self.normalizer = Normalizer(dataset.mean, dataset.std, config.train.channels_last)
         self.augment = TrainAugment(self.normalizer, config.data.crop_padding, config.data.flip)
+        # the sampler's permutation is shared by every rank; a rank's own random numbers
+        # (augmentation, synthetic noise) come from the device generator
         self.sample_generator = torch.Generator().manual_seed(config.seed)
-        self.device_generator = (
-            self.sample_generator
-            if self.device.type == "cpu"
-            else torch.Generator(device=self.device).manual_seed(config.seed + 1)
-        )
+        if dist.enabled:
+            self.device_generator = torch.Generator(device=self.device).manual_seed(rank_seed(config.seed, dist.rank))
+        elif self.device.type == "cpu":
+            self.device_generator = self.sample_generator
+        else:
+            self.device_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.log = RunLog(run_dir / "log.jsonl")
         self.env = RunEnv(
             device=self.device,
@@ -141,12 +154,14 @@ class Trainer:
             log=self.log.append,
             test_accuracy=self._test_accuracy if start_task == 0 else None,  # no test data of earlier classes
             task_sizes=tuple(t.num_new for t in self.scenario.tasks),
+            dist=dist,
         )
         options = parse_method_options(config.method)
         self.method: Method = method_class(config.method_name)(options, self.env)
         self.model = self.make_model([])
         self.results = RunResults()
         self.wall_time_s = 0.0
+        self._run_step: Any = lambda closure: closure()
 
     # ------------------------------------------------------------------------------------
     def _check_class_coverage(self) -> None:
@@ -218,6 +233,15 @@ class Trainer:
         if aux is not None:
             aux.train()
 
+    def _step_runner(self, phase: Phase) -> Any:
+        """Runs a training step's loss closure (under DDP in a multi-process run)."""
+        self._set_trainable(phase)
+        modules: list[torch.nn.Module] = [self.model]
+        aux = self.method.aux_modules()
+        if aux is not None and phase.trainable == "all":
+            modules.append(aux)
+        return self.dist.step_runner(modules, self.device)
+
     def _train_epoch(self, task: Task, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer) -> EpochStats:
         self._set_trainable(phase)
         indices = self.train_data.indices_of(*self.method.train_label_range(task))
@@ -230,16 +254,26 @@ class Trainer:
         scored = 0
         images_seen = 0
         desc = f"task {task.index + 1}/{len(self.scenario.tasks)} {phase.name} {epoch}/{phase.epochs}"
-        bar = tqdm(total=total_batches, desc=desc, leave=False, disable=not self.config.runtime.progress,
+        bar = tqdm(total=total_batches, desc=desc, leave=False,
+                   disable=not (self.config.runtime.progress and self.dist.is_main),
                    file=sys.stderr, dynamic_ncols=True)
         start = time.perf_counter()
         for step, index in enumerate(index_batches(indices, batch_size, self.sample_generator)):
+            if self.dist.enabled:
+                if len(index) < self.dist.world_size:
+                    continue  # a last batch too small to give every rank an image (all ranks skip it)
+                index = self.dist.shard(index)
             images = self.augment(self.train_data.store.gather(index), self.device_generator)
             labels = self.train_data.labels[index].to(self.device, non_blocking=True)
-            with self.env.autocast():
-                result = self.method.training_step(self.model, Batch(images, labels), task, phase)
-            total = sum(term.weight * term.value.float() for term in result.losses.values())
-            assert isinstance(total, torch.Tensor)
+
+            def losses() -> tuple[torch.Tensor, Any]:
+                with self.env.autocast():
+                    result = self.method.training_step(self.model, Batch(images, labels), task, phase)
+                total = sum(term.weight * term.value.float() for term in result.losses.values())
+                assert isinstance(total, torch.Tensor)
+                return total, result
+
+            total, result = self._run_step(losses)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -259,6 +293,15 @@ class Trainer:
                     postfix["acc"] = f"{100.0 * float(correct) / scored:.1f}"
                 bar.set_postfix(postfix)
         bar.close()
+        if self.dist.enabled:  # every rank logs the figures of the global batches
+            names = sorted(sums)
+            zero = torch.zeros((), device=self.device)
+            totals = self.dist.sum_in_place(torch.stack(
+                [loss_sum.float(), correct.float(), torch.tensor(float(scored), device=self.device),
+                 torch.tensor(float(images_seen), device=self.device), *[sums.get(n, zero).float() for n in names]]))
+            loss_sum, correct = totals[0], totals[1]
+            scored, images_seen = int(totals[2]), int(totals[3])
+            sums = dict(zip(names, totals[4:]))
         seconds = time.perf_counter() - start
         loss = float(loss_sum) / max(images_seen, 1)
         if not math.isfinite(loss):
@@ -276,8 +319,8 @@ class Trainer:
     def _test_accuracy(self, model: IncrementalClassifier, num_classes: int) -> float:
         """Accuracy (%) of ``model`` on the test images of the first ``num_classes`` classes."""
         indices = self.test_data.indices_of(0, num_classes)
-        logits = predict_logits(model, self.test_data.store, indices, self.normalizer, self.env,
-                                self.config.train.eval_batch_size)
+        logits = self.dist.gather_rows(predict_logits(model, self.test_data.store, self.dist.shard(indices),
+                                                      self.normalizer, self.env, self.config.train.eval_batch_size))
         labels = self.test_data.labels[indices]
         return 100.0 * float((logits[:, :num_classes].argmax(dim=1) == labels).float().mean())
 
@@ -285,8 +328,10 @@ class Trainer:
         indices = self.test_data.indices_of(0, task.stop)
         start = time.perf_counter()
         logits, features = predict(
-            self.model, self.test_data.store, indices, self.normalizer, self.env, self.config.train.eval_batch_size
+            self.model, self.test_data.store, self.dist.shard(indices), self.normalizer, self.env,
+            self.config.train.eval_batch_size,
         )
+        logits, features = self.dist.gather_rows(logits), self.dist.gather_rows(features)
         seconds = time.perf_counter() - start
         labels = self.test_data.labels[indices].numpy()
         evaluation = evaluate_task(logits, labels, self.scenario, task, features)
@@ -303,6 +348,8 @@ class Trainer:
                 "images_per_s": len(indices) / max(seconds, 1e-9),
             }
         )
+        if not self.dist.is_main:
+            return
         scope = (f"{task.num_seen} seen classes" if self.start_task == 0
                  else f"the test images of its {task.num_new} classes (earlier classes have none here)")
         print(
@@ -337,6 +384,8 @@ class Trainer:
         return out
 
     def _save(self, position: ckpt.Position, optimizer: Any = None, scheduler: Any = None) -> None:
+        if not self.dist.is_main:
+            return
         ckpt.save(
             self.run_dir,
             ckpt.Checkpoint(
@@ -350,6 +399,7 @@ class Trainer:
                 rng=capture(self._generators()),
                 results=self.results.state_dict(),
                 wall_time_s=self.wall_time_s,
+                world_size=self.dist.world_size,
             ),
         )
 
@@ -370,6 +420,11 @@ class Trainer:
             opt_state, sched_state = resume.optimizer, resume.scheduler
             self.log.truncate_after(position)
             restore(resume.rng, self._generators())
+            if self.dist.enabled or resume.world_size > 1:
+                # a rank's own stream cannot come back from rank 0's checkpoint (and the process
+                # count may have changed): re-seed it from the rank and the resume position
+                salt = 1 + position.task * 10_000 + position.phase * 1_000 + position.epoch
+                self.device_generator.manual_seed(rank_seed(self.config.seed, self.dist.rank, salt))
         else:
             self.log.truncate_after(position)  # a fresh start keeps no stale records
 
@@ -391,6 +446,7 @@ class Trainer:
             for phase_index in range(first_phase, len(phases)):
                 phase = phases[phase_index]
                 optimizer, scheduler = self._optimizer(phase)
+                self._run_step = self._step_runner(phase)
                 first_epoch = 1
                 if mid_task and phase_index == position.phase:
                     if opt_state is not None:
@@ -406,7 +462,7 @@ class Trainer:
                     here = ckpt.Position(task=task.index, phase=phase_index, epoch=epoch, task_done=False)
                     self._save(here, optimizer, scheduler)
                     self.log.append(_epoch_record(task, phase, phase_index, epoch, lr, stats))
-                    if not self.config.runtime.progress:
+                    if not (self.config.runtime.progress and self.dist.is_main):
                         continue
                     print(
                         f"[dfcil] task {task.index + 1} {phase.name} epoch {epoch}/{phase.epochs}: "
@@ -416,16 +472,19 @@ class Trainer:
                     )
             self._set_trainable(Phase.main(self.config.train))
             self.method.finish_task(self.model, task)
+            self.dist.check_replicas(self.model, f"task {task.index + 1}")
             self._evaluate(task)
             tick()
             self._save(ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True))
-            ckpt.save_task_model(self.run_dir, task.index, self.model, self.scenario)
-            write_json(self.run_dir / "metrics.json", self.metrics())
+            if self.dist.is_main:
+                ckpt.save_task_model(self.run_dir, task.index, self.model, self.scenario)
+                write_json(self.run_dir / "metrics.json", self.metrics())
             position = ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True)
             resume = None
         tick()
         final = self.metrics()
-        write_json(self.run_dir / "metrics.json", final)
+        if self.dist.is_main:
+            write_json(self.run_dir / "metrics.json", final)
         return final
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from dfcil.augment import Normalizer
 from dfcil.config import TrainConfig
+from dfcil.distributed import SINGLE, Distributed
 from dfcil.losses import cross_entropy_seen
 from dfcil.models import IncrementalClassifier, frozen_copy
 from dfcil.scenario import Task
@@ -103,6 +104,7 @@ class RunEnv:
     # the order: for diagnostics only (e.g. SKD's delegator check), never for training
     test_accuracy: Callable[[IncrementalClassifier, int], float] | None = None
     task_sizes: tuple[int, ...] = ()  # classes of every task of the run, in order
+    dist: Distributed = SINGLE  # this process's rank in a multi-process (torchrun) run
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on the run's device when ``precision`` is bf16, else a no-op."""

@@ -174,7 +174,8 @@ class RDFCIL(SyntheticReplayMethod):
     def on_epoch_start(self, model: IncrementalClassifier, task: Task, phase: Phase, epoch: int) -> None:
         """Refresh the class-balance weights from the label counts before each refinement epoch."""
         if phase.name == REFINE_PHASE and self.class_counts is not None:
-            self.class_weights = class_balance_weights(self.class_counts)
+            # every rank counted its own shards: the weights come from the global counts
+            self.class_weights = class_balance_weights(self.env.dist.sum_in_place(self.class_counts.clone()))
 
     def aux_modules(self) -> nn.Module | None:
         """The relational-KD projections (stage A only)."""

@@ -30,7 +30,7 @@ class SyntheticReplayMethod(Method):
         super().__init__(options, env)
         self.old = OldModel()
         self.synthesizer = Synthesizer(
-            options.synthesis, env.image_size, env.device, env.autocast, env.generator, env.channels_last
+            options.synthesis, env.image_size, env.device, env.autocast, env.generator, env.channels_last, env.dist
         )
 
     def prepare_task(self, model: IncrementalClassifier, task: Task) -> None:

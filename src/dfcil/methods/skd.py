@@ -70,7 +70,7 @@ class SKD(Method):
         self.options: SKDOptions = options
         self.old = OldModel()
         self.delegator = KnowledgeDelegator(options.delegator, env.image_size, env.device, env.autocast,
-                                            env.generator, env.channels_last)
+                                            env.generator, env.channels_last, env.dist)
         self.checks: list[dict[str, Any]] = []
         self.gamma: float | None = None
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from dfcil.distributed import SINGLE, Distributed
 from dfcil.hooks import BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
@@ -87,8 +88,10 @@ class KnowledgeDelegator:
     """The delegator D of one run; trained before every incremental task against the current model."""
 
     def __init__(self, options: DelegatorOptions, image_size: int, device: torch.device,
-                 autocast: Callable[[], Any], rng: torch.Generator, channels_last: bool) -> None:
+                 autocast: Callable[[], Any], rng: torch.Generator, channels_last: bool,
+                 dist: Distributed = SINGLE) -> None:
         self.options = options
+        self.dist = dist
         self.image_size = image_size
         self.device = device
         self.autocast = autocast
@@ -102,7 +105,12 @@ class KnowledgeDelegator:
     def train(self, teacher: IncrementalClassifier, student: IncrementalClassifier, num_old: int,
               log: Callable[[dict[str, Any]], None]) -> dict[str, float]:
         """Imitate & explore against the frozen ``teacher`` with the freshly initialised ``student``
-        (same architecture; its heads are not used). Returns the last logged averages."""
+        (same architecture; its heads are not used). Returns the last logged averages.
+
+        In a multi-process run each rank draws its slice of every delegator batch; DDP averages
+        the student's gradients in imitate and the delegator's (and, with
+        ``step_student_in_explore``, the student's) in explore; R_feature uses the BN statistics
+        of the global batch."""
         opts = self.options
         if self.generator is None or not opts.continual:
             self.generator = build_generator(self.image_size, opts.z_dim, opts.bn_eps).to(self.device)
@@ -120,21 +128,21 @@ class KnowledgeDelegator:
         sums: dict[str, float] = {}
         window = 0
         last: dict[str, float] = {}
-        start = time.perf_counter()
-        for iteration in range(1, opts.iterations + 1):
-            imitate = 0.0
-            for _ in range(opts.imitate_steps):
-                with torch.no_grad(), self.autocast():
-                    images = self._layout(delegator(delegator.sample_latent(opts.batch_size, self.device, self.rng)))
-                    teacher_features = teacher(images).features
-                with self.autocast():
-                    loss = feature_cosine_discrepancy(teacher_features, student.features(images))
-                student_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                student_opt.step()
-                imitate += float(loss.detach()) / opts.imitate_steps
-            with self.autocast(), BatchNormInputs(teacher) as bn:
-                images = self._layout(delegator(delegator.sample_latent(opts.batch_size, self.device, self.rng)))
+        batch = self.dist.shard_size(opts.batch_size)
+        imitate_step = self.dist.step_runner([student.backbone], self.device)
+        explored = [delegator, student.backbone] if opts.step_student_in_explore else [delegator]
+        explore_step = self.dist.step_runner(explored, self.device)
+
+        def imitate_loss() -> torch.Tensor:
+            with torch.no_grad(), self.autocast():
+                images = self._layout(delegator(delegator.sample_latent(batch, self.device, self.rng)))
+                teacher_features = teacher(images).features
+            with self.autocast():
+                return feature_cosine_discrepancy(teacher_features, student.features(images))
+
+        def explore_losses(bn: BatchNormInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+            with self.autocast():
+                images = self._layout(delegator(delegator.sample_latent(batch, self.device, self.rng)))
                 teacher_features, logits = _teacher_outputs(teacher, images, num_old)
                 psi = feature_cosine_discrepancy(teacher_features, student.features(images))
                 terms = {
@@ -143,9 +151,25 @@ class KnowledgeDelegator:
                     "diversity": class_diversity_loss(logits),
                     "bn": bn_moment_loss(bn.stats, reduction="sum"),
                 }
-            weights = {"explore": opts.explore_weight, "category": opts.category_weight,
-                       "diversity": opts.diversity_weight, "bn": opts.bn_weight}
+            bn.clear()
             total = sum(weights[name] * value for name, value in terms.items())
+            assert isinstance(total, torch.Tensor)
+            return total, terms, logits
+
+        weights = {"explore": opts.explore_weight, "category": opts.category_weight,
+                   "diversity": opts.diversity_weight, "bn": opts.bn_weight}
+        start = time.perf_counter()
+        for iteration in range(1, opts.iterations + 1):
+            imitate = 0.0
+            for _ in range(opts.imitate_steps):
+                loss = imitate_step(imitate_loss)
+                student_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                student_opt.step()
+                imitate += float(loss.detach()) / opts.imitate_steps
+            with BatchNormInputs(teacher, self.dist) as bn:
+                total, terms, logits = explore_step(lambda: explore_losses(bn))
+            psi = -terms["explore"]
             delegator_opt.zero_grad(set_to_none=True)
             student_opt.zero_grad(set_to_none=True)
             total.backward()

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from dfcil.atomic import atomic_write
+from dfcil.distributed import SINGLE, Distributed
 from dfcil.hooks import BatchNormInput, BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
@@ -118,8 +119,10 @@ class Synthesizer:
     """A model-inversion generator for the classes of the frozen old model."""
 
     def __init__(self, options: GeneratorTrainingOptions, image_size: int, device: torch.device,
-                 autocast: Callable[[], Any], rng: torch.Generator, channels_last: bool) -> None:
+                 autocast: Callable[[], Any], rng: torch.Generator, channels_last: bool,
+                 dist: Distributed = SINGLE) -> None:
         self.options = options
+        self.dist = dist
         self.objective = options.objective()
         self.image_size = image_size
         self.device = device
@@ -136,7 +139,10 @@ class Synthesizer:
 
     def train(self, old_model: IncrementalClassifier, num_old: int, log: Callable[[dict[str, Any]], None],
               batch_size: int, progress: Callable[[int], None] | None = None) -> dict[str, float]:
-        """Fit a generator (new, or the previous one with ``warm_start``) against ``old_model``."""
+        """Fit a generator (new, or the previous one with ``warm_start``) against ``old_model``.
+
+        In a multi-process run each rank generates its slice of the batch, the BN statistics
+        are those of the global batch and DDP averages the generator's gradients."""
         opts = self.options
         if self.generator is None or not opts.warm_start:
             self.generator = self._new_generator()
@@ -145,15 +151,17 @@ class Synthesizer:
         optimizer = torch.optim.Adam(generator.parameters(), lr=opts.lr)
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
-        batch = opts.batch_size or batch_size
+        batch = self.dist.shard_size(opts.batch_size or batch_size)
+        run_step = self.dist.step_runner([generator], self.device)
         old_model.eval()
         generator.train()
         sums: dict[str, float] = {}
         window = 0
         start = time.perf_counter()
         last: dict[str, float] = {}
-        with BatchNormInputs(old_model) as bn:
-            for step in range(1, opts.steps + 1):
+        with BatchNormInputs(old_model, self.dist) as bn:
+
+            def losses() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
                 z = generator.sample_latent(batch, self.device, self.rng)
                 with self.autocast():
                     images = generator(z)
@@ -162,8 +170,12 @@ class Synthesizer:
                     logits = out.logits[:, :num_old]
                 weighted = self.objective(images, logits, out.features, bn.stats)
                 bn.clear()
-                terms = {name: value for name, (value, _) in weighted.items()}
                 total = sum(weight * value for value, weight in weighted.values())
+                assert isinstance(total, torch.Tensor)
+                return total, {name: value for name, (value, _) in weighted.items()}, logits
+
+            for step in range(1, opts.steps + 1):
+                total, terms, logits = run_step(losses)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
