@@ -185,4 +185,13 @@ def find_runs(paths: list[Path]) -> list[RunRecord]:
             raise DataError(f"{path}: no such run directory or folder")
         for run_dir in _run_dirs_under(path):
             seen.setdefault(run_dir.resolve(), None)
-    return [load_run(run_dir) for run_dir in sorted(seen)]
+    return [load_run(_relative_to_cwd(run_dir)) for run_dir in sorted(seen)]
+
+
+def _relative_to_cwd(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (so that reports name
+    run directories the same way on every machine), else unchanged."""
+    try:
+        return path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
