@@ -12,9 +12,9 @@ generator trained for only a few steps (its quality does not change the cost of 
 * **FLOPs per step**: ``torch.utils.flop_counter.FlopCounterMode`` over one more epoch (forward
   and backward of every module the step runs: real and synthetic batches, the frozen old
   model, generator sampling), divided by the steps;
-* **utilisation** = FLOPs per step / seconds per step / the machine's peak, where the peak is
-  measured here as the best bf16 (and fp32) matmul throughput of large square matrices
-  (``--peak-gflops`` states one instead);
+* **utilisation** = FLOPs per step / seconds per step / the machine's peak in the precision the
+  engine runs in (bf16 where the CPU has native bf16, else fp32), where the peak is measured here
+  as the best matmul throughput of large square matrices (``--peak-gflops`` states it instead);
 * **generator steps/second** (data-free methods): ``prepare_task`` with ``--generator-steps``
   steps, timed, minus the same call with 1 step;
 * **evaluation images/second**: the engine's task-agnostic evaluation of 2,000 test images.
@@ -42,8 +42,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from dfcil.atomic import write_json, write_text
 from dfcil.config import load_config
 from dfcil.data import DatasetArrays, ImageArrays
-from dfcil.engine.trainer import Trainer
+from dfcil.engine.trainer import Trainer, resolve_device
 from dfcil.methods import METHODS
+from dfcil.precision import resolve_precision
 from dfcil.run import git_commit, machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,14 +146,15 @@ def measure(method: str, task_index: int, generator_steps: int, dataset: Dataset
 
 def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict[str, Any]) -> str:
     """The results as a Markdown table with provenance."""
-    peak_bf16 = peaks["bf16"]
+    precision = facts["precision"]
+    peak = peaks[precision]
     rows = []
     finetune = next((r for r in results if r["method"] == "finetune"), None)
     for r in results:
         relative = f"{r['step_ms'] / finetune['step_ms']:.2f}x" if finetune else "-"
         generator = f"{r['generator_steps_per_s']:.2f}" if "generator_steps_per_s" in r else "-"
         rows.append(f"| {r['method']} | {r['step_ms']:.0f} | {relative} | {r['images_per_s']:.0f} | "
-                    f"{r['gflop_per_step']:.1f} | {r['gflops']:.0f} | {100 * r['gflops'] / peak_bf16:.0f} % | "
+                    f"{r['gflop_per_step']:.1f} | {r['gflops']:.0f} | {100 * r['gflops'] / peak:.0f} % | "
                     f"{generator} | {r['eval_images_per_s']:.0f} |")
     return "\n".join([
         "# Method speed",
@@ -161,8 +163,10 @@ def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict
         f"on {facts['machine']['processor']} ({facts['machine']['cpu_count']} cores, torch {facts['machine']['torch']},",
         f"{facts['machine']['torch_threads']} threads, precision {facts['precision']}). Mini split, task {results[0]['task']} "
         "(5 old + 5 new classes), ResNet-32, batch 128 real images, random pixels.",
-        f"Peak: best measured matmul throughput here, bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s"
-        + (" (stated with --peak-gflops)" if facts.get("peak_stated") else "") + "; utilisation is against the bf16 peak.",
+        "Peak: best measured matmul throughput here, "
+        + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peaks.items())
+        + (" (stated with --peak-gflops)" if facts.get("peak_stated") else "")
+        + f"; utilisation is against the {precision} peak (the precision the engine runs in here).",
         "",
         "| method | step ms | vs finetune | real images/s | GFLOP/step | GFLOP/s | utilisation | generator steps/s | eval images/s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -181,23 +185,29 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "joint"])
     parser.add_argument("--task", type=int, default=2, help="the task whose step is measured (1-based, default 2)")
     parser.add_argument("--generator-steps", type=int, default=11, help="generator steps timed per method")
-    parser.add_argument("--peak-gflops", type=float, help="state the bf16 peak instead of measuring it")
+    parser.add_argument("--peak-gflops", type=float,
+                        help="state the peak of the engine's precision (bf16 or fp32) instead of measuring it")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method {unknown[0]}")
-    peaks = {"bf16": args.peak_gflops or measured_peak(torch.bfloat16), "fp32": measured_peak(torch.float32)}
     dataset = random_dataset()
+    probe = config_for("finetune", 1)
+    precision = resolve_precision(probe.train.precision, resolve_device(probe.runtime.device))
+    peaks = {"fp32": measured_peak(torch.float32)}
+    if precision == "bf16":  # emulated bf16 matmuls (no native bf16) say nothing about this run
+        peaks["bf16"] = measured_peak(torch.bfloat16)
+    if args.peak_gflops:
+        peaks[precision] = args.peak_gflops
     results = []
     with tempfile.TemporaryDirectory() as work:
         for method in args.methods:
             result = measure(method, args.task - 1, args.generator_steps, dataset, Path(work))
             results.append(result)
             print(result, flush=True)
-    probe = Trainer(config_for("finetune", 1), Path(tempfile.mkdtemp()), dataset)
     facts = {"commit": git_commit(ROOT / "src" / "dfcil"), "machine": machine_description("cpu"),
-             "precision": probe.env.precision, "peak_stated": args.peak_gflops is not None}
+             "precision": precision, "peak_stated": args.peak_gflops is not None}
     text = markdown(results, peaks, facts)
     print(text)
     if not args.no_write:
