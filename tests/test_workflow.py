@@ -251,7 +251,8 @@ def test_data_free_step_keeps_old_cifar_classes_far_above_finetune(cifar, tmp_pa
     classes = _abd_order(10)
     _export(dataset, classes[:5], tmp_path / "first", train=200, test=100)
     _export(dataset, classes[5:], tmp_path / "second", train=200, test=100)
-    budget = ["--set", "train.epochs=6", "--set", "train.milestones=[5]", "--no-progress"]
+    budget = ["--set", "train.epochs=6", "--set", "train.milestones=[5]", "--set", "train.batch_size=64",
+              "--no-progress"]
     first = tmp_path / "first.safetensors"
     assert main(["learn", "--data", str(tmp_path / "first"), "-o", str(first), *budget]) == 0
     results = {}
