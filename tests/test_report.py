@@ -390,9 +390,14 @@ def test_reproducibility_verdicts_and_table(tmp_path):
     ours = Group("cifar100 B0 N=5", "rdfcil", [], {"last_accuracy": Stat(49.5, 0.7, 3, (0, 1, 2))})
     mini = Group("cifar100 B0 N=4 (20 classes)", "rdfcil", [], {"last_accuracy": Stat(42.7, 0.0, 1, (0,))})
     ablation = Group("cifar100 B0 N=4 (20 classes)", "rdfcil-no-rkd", [], {"last_accuracy": Stat(35.85, 0.0, 1, (0,))})
-    text = render_reproducibility([ours, mini, ablation], [entry], "dfcil report x")
+    half_base = Group("cifar100 B10 N=3 (20 classes)", "skd", [], {"last_accuracy": Stat(30.55, 0.0, 1, (0,))})
+    text = render_reproducibility([ours, mini, ablation, half_base], [entry], "dfcil report x")
     assert "| cifar100 B0 N=5 | A_N | 50.00 | paper | 49.50 ± 0.70 (3 seeds) | matches |" in text
-    assert "A_N 42.70 (1 seed)" in text and "| rdfcil-no-rkd | 35.85 (1 seed) |" in text
+    assert "A_N 42.70 (1 seed)" in text
+    assert "| rdfcil-no-rkd | cifar100 B0 N=4 (20 classes) | 35.85 (1 seed) |" in text
+    # a method without published figures still gets its half-base mini line, with that config
+    skd = text[text.index("## skd"):]
+    assert "Mini protocol (`configs/mini_b10.yaml`, cifar100 B10 N=3 (20 classes)" in skd and "A_N 30.55" in skd
     shipped = load_published(Path(__file__).resolve().parents[1] / "benchmarks" / "published.yaml")
     assert {p.method for p in shipped} >= {"rdfcil", "abd", "lwf", "finetune", "deepinversion", "mfgr", "skd", "joint"}
     bad = tmp_path / "bad.yaml"

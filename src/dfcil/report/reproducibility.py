@@ -2,7 +2,7 @@
 
 For every method: each published figure (protocol, metric, source), our figure on the same
 protocol where a run exists (mean ± std over seeds), a verdict, and the command that produced
-our runs; then our figures on the mini protocol. Verdicts compare our mean with the published
+our runs; then our figures on the mini protocols (20 CIFAR-100 classes, no published counterpart). Verdicts compare our mean with the published
 value: ``matches`` within 1 point (or within our std over seeds), ``within noise`` within
 twice the combined std (at least 2 points), otherwise ``below`` / ``above``; ``not run`` where
 we have no run of that protocol.
@@ -22,7 +22,9 @@ from dfcil.errors import DataError
 from dfcil.report.labels import sessions
 from dfcil.report.model import Group, Stat
 
-MINI_PROTOCOL = "cifar100 B0 N=4 (20 classes)"
+# The mini protocols (protocol label -> config): small versions of the papers' splits.
+MINI_PROTOCOLS = {"cifar100 B0 N=4 (20 classes)": "configs/mini.yaml",
+                  "cifar100 B10 N=3 (20 classes)": "configs/mini_b10.yaml"}
 METRIC_NAMES = {"last_accuracy": "A_N", "average_incremental_accuracy": "avg. inc.", "omega": "Omega"}
 
 
@@ -120,10 +122,10 @@ def render_reproducibility(groups: list[Group], published: list[Published], gene
     from dfcil.methods import METHODS
 
     methods: list[str] = []
-    for name in [p.method for p in published] + [g.method for g in groups if g.protocol == MINI_PROTOCOL]:
+    for name in [p.method for p in published] + [g.method for g in groups if g.protocol in MINI_PROTOCOLS]:
         if name not in methods and name in METHODS:
             methods.append(name)
-    variants = [g for g in groups if g.protocol == MINI_PROTOCOL and g.method not in METHODS]
+    variants = [g for g in groups if g.protocol in MINI_PROTOCOLS and g.method not in METHODS]
     lines = [
         "# Reproducibility",
         "",
@@ -153,17 +155,18 @@ def render_reproducibility(groups: list[Group], published: list[Published], gene
             lines.append("")
         else:
             lines += ["No published figure of this method on our protocols.", ""]
-        mini = _group(groups, method, MINI_PROTOCOL)
-        if mini is not None:
-            lines += [f"Mini protocol (`configs/mini.yaml`, {MINI_PROTOCOL}; no published counterpart): "
-                      + ", ".join(f"{METRIC_NAMES[k]} {_cell(mini.stats.get(k))}" for k in METRIC_NAMES
-                                  if mini.stats.get(k) is not None)
-                      + f". Command: {_command(mini)}.", ""]
+        for protocol, config in MINI_PROTOCOLS.items():
+            mini = _group(groups, method, protocol)
+            if mini is not None:
+                lines += [f"Mini protocol (`{config}`, {protocol}; no published counterpart): "
+                          + ", ".join(f"{METRIC_NAMES[k]} {_cell(mini.stats.get(k))}" for k in METRIC_NAMES
+                                      if mini.stats.get(k) is not None)
+                          + f". Command: {_command(mini)}.", ""]
     if variants:
-        lines += ["## Variants and ablations on the mini protocol", "",
-                  "| run | A_N | avg. inc. | Omega | command |", "|---|---|---|---|---|"]
+        lines += ["## Variants and ablations on the mini protocols", "",
+                  "| run | protocol | A_N | avg. inc. | Omega | command |", "|---|---|---|---|---|---|"]
         for group in variants:
-            lines.append(f"| {group.method} | {_cell(group.stats.get('last_accuracy'))} | "
+            lines.append(f"| {group.method} | {group.protocol} | {_cell(group.stats.get('last_accuracy'))} | "
                          f"{_cell(group.stats.get('average_incremental_accuracy'))} | {_cell(group.stats.get('omega'))} | "
                          f"{_command(group)} |")
         lines.append("")
