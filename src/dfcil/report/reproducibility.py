@@ -2,10 +2,10 @@
 
 For every method: each published figure (protocol, metric, source), our figure on the same
 protocol where a run exists (mean ± std over seeds), a verdict, and the command that produced
-our runs; then our figures on the mini protocols (20 CIFAR-100 classes, no published counterpart). Verdicts compare our mean with the published
-value: ``matches`` within 1 point (or within our std over seeds), ``within noise`` within
-twice the combined std (at least 2 points), otherwise ``below`` / ``above``; ``not run`` where
-we have no run of that protocol.
+our runs; then our figures on the mini protocols (20 CIFAR-100 classes, no published
+counterpart). Verdicts compare our mean with the published value: ``matches`` within 1 point
+(or within our std over seeds), ``within noise`` within twice the combined std (at least 2
+points), otherwise ``below`` / ``above``; ``not run`` where we have no run of that protocol.
 """
 
 from __future__ import annotations
