@@ -192,13 +192,15 @@ def main() -> int:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method {unknown[0]}")
+    if args.peak_gflops is not None and args.peak_gflops <= 0:
+        parser.error("--peak-gflops must be > 0")
     dataset = random_dataset()
     probe = config_for("finetune", 1)
     precision = resolve_precision(probe.train.precision, resolve_device(probe.runtime.device))
     peaks = {"fp32": measured_peak(torch.float32)}
     if precision == "bf16":  # emulated bf16 matmuls (no native bf16) say nothing about this run
         peaks["bf16"] = measured_peak(torch.bfloat16)
-    if args.peak_gflops:
+    if args.peak_gflops is not None:
         peaks[precision] = args.peak_gflops
     results = []
     with tempfile.TemporaryDirectory() as work:
