@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from dfcil.cli import main
 from dfcil.errors import ConfigError
-from dfcil.suite import execute_suite, load_suite, run_state
+from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
+import dfcil.suite
+from dfcil.suite import adopt_runs, execute_suite, load_suite, run_state, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,6 +90,92 @@ def test_suite_runs_skips_resumes_and_reports_failures(tmp_path, tiny_tree, caps
     assert summary["skipped"] == 1 and summary["done"] == 1 and summary["failed_runs"] == ["method-broken__seed-0"]
     assert "--resume" in (out / "logs" / "method-ft__seed-0.log").read_text()
     assert json.loads((ft / "metrics.json").read_text())["last_accuracy"] == metrics["last_accuracy"]
+
+
+def _fake_complete_run(run_dir: Path, config: dict, accuracy: float) -> None:
+    """A finished run directory as ``dfcil run`` leaves it, with a checkpoint not to be copied."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"x" * 10)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "metrics.json").write_text(json.dumps({"complete": True, "last_accuracy": accuracy}))
+    (run_dir / "log.jsonl").write_text("{}\n")
+
+
+def test_adopt_copies_complete_runs_with_the_same_config(tmp_path, tiny_tree, capsys):
+    suite_file = _write_suite(tmp_path, tiny_tree, "  method:\n    ft: {method.name: finetune}\n  seed: [0, 1, 2]\n")
+    suite = load_suite(suite_file)
+    resolved = {run.name: config_to_dict(parse_config(apply_overrides(load_yaml_tree(run.config), list(run.overrides))))
+                for run in suite.runs}
+    source = tmp_path / "elsewhere"
+    # seed 0: same config except runtime options (not part of what is trained) -> adopted
+    same = dict(resolved["method-ft__seed-0"], runtime={"num_threads": 1, "progress": False})
+    _fake_complete_run(source / "ft-s0", same, 55.0)
+    # seed 1: same config but the run never finished -> not adopted
+    _fake_complete_run(source / "ft-s1", resolved["method-ft__seed-1"], 11.0)
+    (source / "ft-s1" / "metrics.json").write_text(json.dumps({"complete": False}))
+    # seed 2 of a run with another learning rate -> not adopted
+    other = resolved["method-ft__seed-2"]
+    other["train"]["lr"] = other["train"]["lr"] * 2
+    _fake_complete_run(source / "ft-s2-lr", other, 22.0)
+
+    out = tmp_path / "out"
+    (out / "method-ft__seed-0").mkdir(parents=True)  # prepared by an earlier call, never started
+    assert adopt_runs(suite, out, [source]) == [("method-ft__seed-0", source / "ft-s0")]
+    adopted = out / "method-ft__seed-0"
+    assert run_state(adopted) == "complete" and not (adopted / "checkpoints").exists()
+    assert json.loads((adopted / "metrics.json").read_text())["last_accuracy"] == 55.0
+    record = json.loads((adopted / "suite.json").read_text())
+    assert record["labels"] == {"method": "ft", "seed": "0"} and record["adopted_from"] == str(source / "ft-s0")
+    assert not list(out.glob(".*adopting"))
+    # adopting again changes nothing; the suite then runs only the two others
+    assert adopt_runs(suite, out, [source]) == []
+    execute_suite(suite, out, dry_run=True)
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 2 and all("seed=0" not in line for line in commands)
+    with pytest.raises(ConfigError, match="not a directory"):
+        adopt_runs(suite, out, [tmp_path / "missing"])
+
+
+def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tmp_path, tiny_tree, monkeypatch):
+    """Fake processes (no training): a run starts when a slot is free and its own joint run has
+    ended, even while another seed's joint run is still going; runs share the cores out."""
+    suite = load_suite(_write_suite(tmp_path, tiny_tree, "  method:\n    ft: {method.name: finetune}\n"
+                                    "    joint: {method.name: joint}\n  seed: [0, 1]\n"))
+    out = tmp_path / "out"
+    polls_to_finish = {"method-joint__seed-0": 1, "method-joint__seed-1": 6}
+    started: list[tuple[str, list[str], list[str]]] = []  # name, command, names running then
+    running: dict[str, int] = {}
+
+    class FakeProcess:
+        def __init__(self, command, stdout=None, stderr=None):
+            self.name = Path(command[command.index("-o") + 1]).name
+            started.append((self.name, command, sorted(running)))
+            running[self.name] = polls_to_finish.get(self.name, 2)
+
+        def poll(self):
+            running[self.name] -= 1
+            if running[self.name] > 0:
+                return None
+            del running[self.name]
+            (out / self.name / "metrics.json").write_text(json.dumps({"complete": True}))
+            (out / self.name / "config.yaml").write_text("{}")
+            return 0
+
+    monkeypatch.setattr(dfcil.suite.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(dfcil.suite.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(dfcil.suite.os, "cpu_count", lambda: 2)
+    outcome = execute_suite(suite, out, jobs=2)
+    assert sorted(outcome["done"]) == sorted(run.name for run in suite.runs)
+    order = [name for name, _, _ in started]
+    assert order[:2] == ["method-joint__seed-0", "method-joint__seed-1"]
+    # ft seed 0 starts while joint seed 1 still runs, with joint seed 0's Omega; ft seed 1 after joint seed 1
+    name, command, others = started[2]
+    assert name == "method-ft__seed-0" and others == ["method-joint__seed-1"]
+    assert f"runtime.upper_bound={out / 'method-joint__seed-0'}" in command
+    assert order.index("method-ft__seed-1") > order.index("method-joint__seed-1")
+    assert all("runtime.num_threads=1" in command for _, command, _ in started)
+    assert threads_per_job(1) is None and threads_per_job(2, cores=2) == 1 and threads_per_job(4, cores=2) == 1
+    assert threads_per_job(2, cores=16) == 8
 
 
 def test_shipped_suites_are_valid():

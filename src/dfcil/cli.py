@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     suite.add_argument("-o", "--output", type=Path, metavar="DIR", help="where the runs go (default: runs/suites/<name>)")
     suite.add_argument("--jobs", type=int, default=1, help="experiments at once, as separate processes (default 1)")
     suite.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do")
+    suite.add_argument("--adopt", type=Path, action="append", default=[], metavar="DIR",
+                       help="copy complete runs under DIR whose config equals a suite run's instead of "
+                            "running them (repeatable)")
 
     report = commands.add_parser("report", help="tables (md/csv/json), plots and an HTML page from run directories")
     report.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories or folders holding them")
@@ -111,10 +114,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _suite(args: argparse.Namespace) -> int:
-    from dfcil.suite import execute_suite, load_suite
+    from dfcil.suite import adopt_runs, execute_suite, load_suite
 
     suite = load_suite(args.suite)
     out = args.output or Path("runs") / "suites" / suite.name
+    if args.adopt and not args.dry_run:
+        for name, source in adopt_runs(suite, out, args.adopt):
+            print(f"[suite] adopted {name} from {source}", file=sys.stderr, flush=True)
     outcome = execute_suite(suite, out, jobs=args.jobs, dry_run=args.dry_run)
     print(json.dumps({"suite": suite.name, "runs": len(suite.runs), "output": str(out),
                       **{key: len(names) for key, names in outcome.items()}, "failed_runs": outcome["failed"]}))
