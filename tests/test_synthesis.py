@@ -102,7 +102,7 @@ def test_generator_training_covers_old_classes_confidently(joint_smoke_run):
     With tau = 1000 the content term stays near ln K, so confidence is not what rises here.
     """
     from dfcil.models import IncrementalClassifier, build_backbone, frozen_copy
-    from dfcil.synthesis.synthesizer import _confidence_and_coverage
+    from dfcil.synthesis.monitor import confidence_and_coverage
 
     saved = torch.load(joint_smoke_run / "checkpoints" / "task_2.pt", weights_only=False)
     model = IncrementalClassifier(build_backbone("resnet32", variant="rdfcil"))
@@ -116,7 +116,7 @@ def test_generator_training_covers_old_classes_confidently(joint_smoke_run):
         lambda: torch.autocast("cpu", enabled=False), torch.Generator().manual_seed(0), channels_last=False,
     )
     synth.generator = synth._new_generator()
-    _, coverage_before = _confidence_and_coverage(synth.sample(old, 256, 4).old_logits)
+    _, coverage_before = confidence_and_coverage(synth.sample(old, 256, 4).old_logits)
     synth.generator = None
     records = []
     synth.train(old, 4, records.append, batch_size=32)
@@ -126,7 +126,7 @@ def test_generator_training_covers_old_classes_confidently(joint_smoke_run):
     assert last["bn"] < first["bn"]
     assert last["diversity"] < first["diversity"]
     batch = synth.sample(old, 256, 4)
-    confidence, coverage = _confidence_and_coverage(batch.old_logits)
+    confidence, coverage = confidence_and_coverage(batch.old_logits)
     assert coverage_before <= 0.5 < coverage == 1.0
     assert torch.bincount(batch.labels, minlength=4).min() >= 256 // 16  # no class starved
     assert confidence > 0.5

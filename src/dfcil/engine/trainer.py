@@ -302,8 +302,8 @@ class Trainer:
             loss_sum, correct = totals[0], totals[1]
             scored, images_seen = int(totals[2]), int(totals[3])
             sums = dict(zip(names, totals[4:]))
+        loss = float(loss_sum) / max(images_seen, 1)  # reading it waits for the device's queued steps
         seconds = time.perf_counter() - start
-        loss = float(loss_sum) / max(images_seen, 1)
         if not math.isfinite(loss):
             raise DfcilError(f"task {task.index + 1} {phase.name} epoch {epoch}: loss is {loss} (diverged)")
         return EpochStats(

@@ -34,6 +34,7 @@ from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
 from dfcil.synthesis.dafl_losses import bn_moment_loss, class_diversity_loss, one_hot_loss
 from dfcil.synthesis.generator import Generator, build_generator, generate_images
+from dfcil.synthesis.monitor import WindowMeans, confidence_and_coverage
 
 
 def feature_cosine_discrepancy(teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
@@ -125,8 +126,7 @@ class KnowledgeDelegator:
         if opts.imitate_steps or opts.step_student_in_explore:
             stepped.append(student_opt)
         schedules = [torch.optim.lr_scheduler.StepLR(o, opts.lr_decay_every, opts.lr_decay_factor) for o in stepped]
-        sums: dict[str, float] = {}
-        window = 0
+        window = WindowMeans()
         last: dict[str, float] = {}
         batch = self.dist.shard_size(opts.batch_size)
         imitate_step = self.dist.step_runner([student.backbone], self.device)
@@ -160,13 +160,13 @@ class KnowledgeDelegator:
                    "diversity": opts.diversity_weight, "bn": opts.bn_weight}
         start = time.perf_counter()
         for iteration in range(1, opts.iterations + 1):
-            imitate = 0.0
+            imitate = torch.zeros((), device=self.device)
             for _ in range(opts.imitate_steps):
                 loss = imitate_step(imitate_loss)
                 student_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 student_opt.step()
-                imitate += float(loss.detach()) / opts.imitate_steps
+                imitate += loss.detach().float() / opts.imitate_steps
             with BatchNormInputs(teacher, self.dist) as bn:
                 total, terms, logits = explore_step(lambda: explore_losses(bn))
             psi = -terms["explore"]
@@ -178,20 +178,15 @@ class KnowledgeDelegator:
                 student_opt.step()
             for schedule in schedules:
                 schedule.step()
-            probs = torch.softmax(logits.detach().float(), dim=1)
-            values = {"imitate_psi": imitate, "explore_psi": float(psi.detach()), "total": float(total.detach()),
-                      **{name: float(v.detach()) for name, v in terms.items() if name != "explore"},
-                      "confidence": float(probs.max(dim=1).values.mean()),
-                      "coverage": len(torch.unique(probs.argmax(dim=1))) / num_old}
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value
-            window += 1
+            confidence, coverage = confidence_and_coverage(logits)
+            window.add({"imitate_psi": imitate, "explore_psi": psi, "total": total,
+                        **{name: v for name, v in terms.items() if name != "explore"},
+                        "confidence": confidence, "coverage": coverage})
             if iteration % opts.log_every == 0 or iteration == opts.iterations:
-                last = {k: v / window for k, v in sums.items()}
+                last = window.pop_means()
                 seconds = time.perf_counter() - start
                 log({"event": "delegator", "iteration": iteration, **last, "iterations_per_s": iteration / seconds,
                      "seconds": seconds})
-                sums, window = {}, 0
         delegator.eval()
         student.eval()
         return last

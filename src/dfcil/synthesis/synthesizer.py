@@ -22,6 +22,7 @@ from dfcil.hooks import BatchNormInput, BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
 from dfcil.synthesis.generator import Generator, build_generator, generate_images
+from dfcil.synthesis.monitor import WindowMeans, confidence_and_coverage
 from dfcil.synthesis.losses import bn_statistics_kl, content_loss, image_prior_loss, label_diversity_loss
 
 
@@ -108,13 +109,6 @@ class SyntheticBatch:
     old_features: torch.Tensor  # old model's penultimate features
 
 
-def _confidence_and_coverage(logits: torch.Tensor) -> tuple[float, float]:
-    probs = torch.softmax(logits.float(), dim=1)
-    confidence = float(probs.max(dim=1).values.mean())
-    coverage = len(torch.unique(probs.argmax(dim=1))) / logits.shape[1]
-    return confidence, coverage
-
-
 class Synthesizer:
     """A model-inversion generator for the classes of the frozen old model."""
 
@@ -155,8 +149,7 @@ class Synthesizer:
         run_step = self.dist.step_runner([generator], self.device)
         old_model.eval()
         generator.train()
-        sums: dict[str, float] = {}
-        window = 0
+        window = WindowMeans()
         start = time.perf_counter()
         last: dict[str, float] = {}
         with BatchNormInputs(old_model, self.dist) as bn:
@@ -179,19 +172,14 @@ class Synthesizer:
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-                confidence, coverage = _confidence_and_coverage(logits.detach())
-                values = {k: float(v.detach()) for k, v in terms.items()}
-                values.update(total=float(total.detach()), confidence=confidence, coverage=coverage)
-                for key, value in values.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                window += 1
+                confidence, coverage = confidence_and_coverage(logits)
+                window.add({**terms, "total": total, "confidence": confidence, "coverage": coverage})
                 if progress is not None:
                     progress(step)
                 if step % opts.log_every == 0 or step == opts.steps:
-                    last = {k: v / window for k, v in sums.items()}
+                    last = window.pop_means()
                     seconds = time.perf_counter() - start
                     log({"event": "synthesis", "step": step, **last, "steps_per_s": step / max(seconds, 1e-9)})
-                    sums, window = {}, 0
         self.optimizer_state = optimizer.state_dict()
         generator.eval()
         return last
