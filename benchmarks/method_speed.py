@@ -19,11 +19,15 @@ generator trained for only a few steps (its quality does not change the cost of 
   steps, timed, minus the same call with 1 step;
 * **evaluation images/second**: the engine's task-agnostic evaluation of 2,000 test images.
 
+On a GPU the same is measured on the GPU (``runtime.device: auto``), with the peak measured on
+the GPU and the device synchronised before every clock read.
+
 Usage::
 
-    python benchmarks/method_speed.py [--methods finetune lwf rdfcil ...] [--task 2] [--no-write]
+    python benchmarks/method_speed.py [--methods finetune lwf rdfcil ...] [--task 2]
+        [--set train.compile=true ...] [--out DIR | --no-write]
 
-Writes ``benchmarks/results/method_speed.{json,md}`` (atomically) unless ``--no-write``.
+Writes ``DIR/method_speed.{json,md}`` (default ``benchmarks/results``, atomically) unless ``--no-write``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dfcil.atomic import write_json, write_text
 from dfcil.config import load_config
 from dfcil.data import DatasetArrays, ImageArrays
 from dfcil.engine.trainer import Trainer, resolve_device
+from dfcil.errors import DfcilError
 from dfcil.methods import METHODS
 from dfcil.precision import resolve_precision
 from dfcil.run import git_commit, machine_description
@@ -64,22 +69,32 @@ def random_dataset(classes: int = 20, train: int = 500, test: int = 100, seed: i
                          (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "random")
 
 
-def measured_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """Best matmul throughput (GFLOP/s) of ``size`` x ``size`` matrices in ``dtype`` on the CPU."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that a clock read counts it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measured_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, repeats: int = 10) -> float:
+    """Best matmul throughput (GFLOP/s) of ``size`` x ``size`` matrices in ``dtype`` on ``device``
+    (default size 2048 on the CPU, 8192 on a GPU)."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     torch.mm(a, b)
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best / 1e9
 
 
-def config_for(method: str, generator_steps: int) -> Any:
-    """The mini config for ``method`` with a short generator budget."""
-    overrides = [f"method.name={method}", "runtime.progress=false"]
+def config_for(method: str, generator_steps: int, extra: tuple[str, ...] = ()) -> Any:
+    """The mini config for ``method`` with a short generator budget (and ``extra`` overrides)."""
+    overrides = [f"method.name={method}", "runtime.progress=false", *extra]
     section = GENERATOR_SECTIONS.get(method)
     if section == "synthesis":
         overrides.append(f"method.synthesis.steps={generator_steps}")
@@ -100,18 +115,22 @@ def reach_task(trainer: Trainer, task_index: int) -> None:
         trainer.model.add_head(task.num_new)
 
 
-def timed_prepare(method: str, task_index: int, steps: int, dataset: DatasetArrays, work: Path) -> float:
+def timed_prepare(method: str, task_index: int, steps: int, dataset: DatasetArrays, work: Path,
+                  extra: tuple[str, ...] = ()) -> float:
     """Seconds of ``prepare_task`` of ``task_index`` with a generator budget of ``steps``."""
-    trainer = Trainer(config_for(method, steps), work / f"prep-{method}-{steps}", dataset)
+    trainer = Trainer(config_for(method, steps, extra), work / f"prep-{method}-{steps}", dataset)
     reach_task(trainer, task_index)
+    synchronize(trainer.device)
     start = time.perf_counter()
     trainer.method.prepare_task(trainer.model, trainer.scenario.tasks[task_index])
+    synchronize(trainer.device)
     return time.perf_counter() - start
 
 
-def measure(method: str, task_index: int, generator_steps: int, dataset: DatasetArrays, work: Path) -> dict[str, Any]:
+def measure(method: str, task_index: int, generator_steps: int, dataset: DatasetArrays, work: Path,
+            extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Step time, FLOPs per step, generator and evaluation speed of one method."""
-    trainer = Trainer(config_for(method, 2), work / method, dataset)
+    trainer = Trainer(config_for(method, 2, extra), work / method, dataset)
     reach_task(trainer, task_index)
     task = trainer.scenario.tasks[task_index]
     trainer.method.prepare_task(trainer.model, task)
@@ -133,14 +152,16 @@ def measure(method: str, task_index: int, generator_steps: int, dataset: Dataset
         "gflop_per_step": flops_per_step / 1e9,
         "gflops": flops_per_step / (stats.seconds / steps) / 1e9,
     }
+    synchronize(trainer.device)
     start = time.perf_counter()
     trainer._evaluate(task)
+    synchronize(trainer.device)
     evaluated = len(trainer.test_data.indices_of(0, task.stop))
     result["eval_images_per_s"] = evaluated / (time.perf_counter() - start)
     if method in GENERATOR_SECTIONS and generator_steps > 1:
-        extra = timed_prepare(method, task_index, generator_steps, dataset, work) \
-            - timed_prepare(method, task_index, 1, dataset, work)
-        result["generator_steps_per_s"] = (generator_steps - 1) / max(extra, 1e-9)
+        seconds = timed_prepare(method, task_index, generator_steps, dataset, work, extra) \
+            - timed_prepare(method, task_index, 1, dataset, work, extra)
+        result["generator_steps_per_s"] = (generator_steps - 1) / max(seconds, 1e-9)
     return result
 
 
@@ -160,7 +181,8 @@ def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict
         "# Method speed",
         "",
         f"Produced by `python benchmarks/method_speed.py {' '.join(sys.argv[1:])}` at commit `{facts['commit']}`",
-        f"on {facts['machine']['processor']} ({facts['machine']['cpu_count']} cores, torch {facts['machine']['torch']},",
+        f"on {facts['machine'].get('gpu', facts['machine']['processor'])} "
+        f"({facts['machine']['cpu_count']} CPU cores, torch {facts['machine']['torch']},",
         f"{facts['machine']['torch_threads']} threads, precision {facts['precision']}). Mini split, task {results[0]['task']} "
         "(5 old + 5 new classes), ResNet-32, batch 128 real images, random pixels.",
         "Peak: best measured matmul throughput here, "
@@ -187,6 +209,10 @@ def main() -> int:
     parser.add_argument("--generator-steps", type=int, default=11, help="generator steps timed per method")
     parser.add_argument("--peak-gflops", type=float,
                         help="state the peak of the engine's precision (bf16 or fp32) instead of measuring it")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every method (e.g. train.compile=true; repeatable)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="where method_speed.{json,md} go (default benchmarks/results)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     unknown = [m for m in args.methods if m not in METHODS]
@@ -195,25 +221,32 @@ def main() -> int:
     if args.peak_gflops is not None and args.peak_gflops <= 0:
         parser.error("--peak-gflops must be > 0")
     dataset = random_dataset()
-    probe = config_for("finetune", 1)
-    precision = resolve_precision(probe.train.precision, resolve_device(probe.runtime.device))
-    peaks = {"fp32": measured_peak(torch.float32)}
+    extra = tuple(args.overrides)
+    try:
+        probe = config_for("finetune", 1, extra)
+    except DfcilError as error:
+        parser.error(str(error))
+    device = resolve_device(probe.runtime.device)
+    precision = resolve_precision(probe.train.precision, device)
+    peaks = {"fp32": measured_peak(torch.float32, device)}
     if precision == "bf16":  # emulated bf16 matmuls (no native bf16) say nothing about this run
-        peaks["bf16"] = measured_peak(torch.bfloat16)
+        peaks["bf16"] = measured_peak(torch.bfloat16, device)
     if args.peak_gflops is not None:
         peaks[precision] = args.peak_gflops
     results = []
     with tempfile.TemporaryDirectory() as work:
         for method in args.methods:
-            result = measure(method, args.task - 1, args.generator_steps, dataset, Path(work))
+            result = measure(method, args.task - 1, args.generator_steps, dataset, Path(work), extra)
             results.append(result)
             print(result, flush=True)
-    facts = {"commit": git_commit(ROOT / "src" / "dfcil"), "machine": machine_description("cpu"),
-             "precision": precision, "peak_stated": args.peak_gflops is not None}
+    facts = {"commit": git_commit(ROOT / "src" / "dfcil"), "machine": machine_description(str(device)),
+             "device": str(device), "precision": precision, "peak_stated": args.peak_gflops is not None,
+             "overrides": list(extra)}
     text = markdown(results, peaks, facts)
     print(text)
     if not args.no_write:
-        out = ROOT / "benchmarks" / "results"
+        out = args.out
+        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "method_speed.json", {"peaks_gflops": peaks, **facts, "results": results})
         write_text(out / "method_speed.md", text)
     return 0

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The prepared GPU check of issue 9, for one call of a lent GPU machine (about 9 minutes):
+#   1. benchmarks/method_speed.py on the GPU for finetune and rdfcil, eager and with
+#      train.compile=true (step ms, images/s, GFLOP/s against the measured bf16 peak);
+#   2. the full R-DFCIL CIFAR-100 B0 N=5 run (paper budgets: 160 epochs, 5,000 generator steps,
+#      40 refinement epochs) for RUN_SECONDS, keeping its log (per-epoch time, generator steps/s)
+#      so the whole run's time can be read off even if it does not finish.
+# Needs CIFAR-100 (cifar100-jpg.tar.gz) in $DFCIL_DATA (default .gpu-data/, an ignored folder to
+# carry: `mkdir -p .gpu-data && cp ../shared/data/cifar100-jpg.tar.gz .gpu-data/`).
+# Everything that comes back is written under $OUT (default /tmp/gpu-session): at most 8 files.
+# The package runs from src/ (no install); the GPU image has torch, numpy, PyYAML, Pillow, tqdm.
+#   device run: bash benchmarks/gpu_session.sh            (carry: [".gpu-data"], timeout_s: 600)
+#   on a CPU, to try the script: SPEED_SECONDS=60 RUN_SECONDS=60 RUN_SET="train.epochs=1" bash benchmarks/gpu_session.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-session}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export DFCIL_DATA=${DFCIL_DATA:-$PWD/.gpu-data}
+SPEED_SECONDS=${SPEED_SECONDS:-150}
+RUN_SECONDS=${RUN_SECONDS:-270}
+RUN_SET=${RUN_SET:-}
+mkdir -p "$OUT/eager" "$OUT/compile" "$OUT/run"
+exec > >(tee "$OUT/console.log") 2>&1
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: CPU"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+git log -1 --format='commit %H' 2>/dev/null || true
+
+echo "== method speed, eager"
+timeout "$SPEED_SECONDS" python3 benchmarks/method_speed.py --methods finetune rdfcil --out "$OUT/eager" \
+    || echo "method_speed eager: exit $?"
+echo "== method speed, train.compile=true"
+timeout "$SPEED_SECONDS" python3 benchmarks/method_speed.py --methods finetune rdfcil --out "$OUT/compile" \
+    --set train.compile=true || echo "method_speed compile: exit $?"
+rm -f "$OUT"/eager/*.md "$OUT"/compile/*.md  # rebuilt from the JSON here; keeps the file count down
+
+echo "== R-DFCIL CIFAR-100 B0 N=5, full budgets, for at most ${RUN_SECONDS} s"
+rm -rf /tmp/gpu-run
+sets=(--set method.name=rdfcil --set runtime.progress=false)
+for item in $RUN_SET; do sets+=(--set "$item"); done
+start=$(date +%s)
+timeout "$RUN_SECONDS" python3 -m dfcil run configs/cifar100/b0_n5.yaml -o /tmp/gpu-run "${sets[@]}"
+echo "run: exit $? after $(( $(date +%s) - start )) s"
+cp /tmp/gpu-run/log.jsonl /tmp/gpu-run/run.json "$OUT/run/" 2>/dev/null
+cp /tmp/gpu-run/metrics.json "$OUT/run/" 2>/dev/null
+python3 - /tmp/gpu-run/log.jsonl <<'EOF'
+import json, sys
+from collections import defaultdict
+try:
+    records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+except OSError:
+    sys.exit("no log")
+epochs = defaultdict(list)
+for r in records:
+    if r.get("event") == "epoch":
+        epochs[(r["task"], r["phase"])].append(r["time_s"])
+for (task, phase), times in sorted(epochs.items()):
+    print(f"task {task} {phase}: {len(times)} epochs, mean {sum(times) / len(times):.2f} s/epoch")
+for r in records:
+    if r.get("event") == "synthesis" and r.get("step", 0) % 1000 == 0:
+        print(f"task {r['task']} synthesis step {r['step']}: {r['steps_per_s']:.1f} steps/s")
+EOF
