@@ -404,3 +404,21 @@ def test_reproducibility_verdicts_and_table(tmp_path):
     bad.write_text("- {method: x, protocol: p, config: c, metric: accuracy, value: 1, source: s}\n")
     with pytest.raises(DataError, match="unknown metric"):
         load_published(bad)
+
+
+def test_suite_runs_name_their_suite_command_and_adoption(tmp_path):
+    from dfcil.report.aggregate import group_runs
+    from dfcil.report.reproducibility import render_reproducibility
+
+    records = []
+    for seed in (0, 1):
+        suite = {"suite": "mini", "suite_file": "suites/mini.yaml", "labels": {"method": "lwf", "seed": str(seed)}}
+        if seed == 0:
+            suite["adopted_from"] = "benchmarks/results/mini/lwf-s0"
+        records.append(load_run(write_run(tmp_path, f"method-lwf__seed-{seed}", "lwf", seed,
+                                          [80.0, 50.0, 30.0, 20.0 + seed], suite=suite)))
+    assert records[0].adopted_from == "benchmarks/results/mini/lwf-s0" and records[1].adopted_from is None
+    assert records[1].suite_file == "suites/mini.yaml"
+    text = render_reproducibility(group_runs(records), [], "dfcil report x")
+    assert "A_N 20.50 ± 0.71 (2 seeds)" in text
+    assert "Command: `dfcil suite suites/mini.yaml` (runs method-lwf__seed-0, method-lwf__seed-1)." in text

@@ -211,8 +211,9 @@ def adopt_runs(suite: Suite, out: Path, sources: list[Path]) -> list[tuple[str, 
         shutil.rmtree(staging, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns("checkpoints"))
-        write_json(staging / SUITE_FILE, {"suite": suite.name, "labels": run.labels, "config": str(run.config),
-                                          "overrides": list(run.overrides), "adopted_from": str(source)})
+        write_json(staging / SUITE_FILE, {"suite": suite.name, "suite_file": str(suite.path), "labels": run.labels,
+                                          "config": str(run.config), "overrides": list(run.overrides),
+                                          "adopted_from": str(source)})
         os.replace(staging, destination)
         adopted.append((run.name, source))
     return adopted
@@ -289,7 +290,7 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False)
             pending.remove(run)
             run_dir = out / run.name
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / SUITE_FILE, {"suite": suite.name, "labels": run.labels,
+            write_json(run_dir / SUITE_FILE, {"suite": suite.name, "suite_file": str(suite.path), "labels": run.labels,
                                               "config": str(run.config), "overrides": list(run.overrides)})
             (out / "logs").mkdir(parents=True, exist_ok=True)
             log = open(out / "logs" / f"{run.name}.log", "ab")  # noqa: SIM115 - closed when the run ends

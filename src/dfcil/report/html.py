@@ -95,6 +95,8 @@ def _run_section(report: Report, record: RunRecord, protocol: str) -> str:
     if record.suite_labels:
         facts.append(("suite", f"{record.suite_name or ''} "
                                + ", ".join(f"{k}={v}" for k, v in record.suite_labels.items())))
+    if record.adopted_from:
+        facts.append(("adopted from", record.adopted_from))
     if record.run_info and record.run_info.get("fingerprint"):
         facts.append(("fingerprint", str(record.run_info["fingerprint"])))
     if isinstance(record.metrics.get("wall_time_s"), (int, float)):

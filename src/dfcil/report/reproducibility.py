@@ -84,10 +84,15 @@ def _cell(stat: Stat | None) -> str:
 
 
 def _command(group: Group | None) -> str:
-    """The command of a group's first run, as a user would type it (``dfcil ...``, paths
-    relative to the current directory, without runtime-only options)."""
+    """The command that made a group's runs: the suite, where one suite file made them all
+    (runs it adopted included), else the first run's own command, as a user would type it
+    (``dfcil ...``, paths relative to the current directory, without runtime-only options)."""
     if group is None or not group.runs:
         return "-"
+    suite_files = {run.suite_file for run in group.runs}
+    if len(suite_files) == 1 and None not in suite_files:
+        names = ", ".join(run.name for run in group.runs)
+        return f"`dfcil suite {next(iter(suite_files))}` (runs {names})"
     runs = sessions(group.runs[0])
     words = str(runs[0].get("command", "")).split() if runs else []
     if not words:

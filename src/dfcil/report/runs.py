@@ -42,6 +42,8 @@ class RunRecord:
     run_info: dict[str, Any] | None = None
     suite_labels: dict[str, str] | None = None
     suite_name: str | None = None
+    suite_file: str | None = None  # the suite file that made the run (as given to `dfcil suite`)
+    adopted_from: str | None = None  # the run directory a suite copied this run from
     excluded: str | None = None
     synthesis_grids: list[tuple[int, Path]] = field(default_factory=list)
 
@@ -131,7 +133,7 @@ def load_run(run_dir: Path) -> RunRecord:
     run_info = None
     if (run_dir / RUN_FILE).is_file():
         run_info = _mapping(read_json(run_dir / RUN_FILE), run_dir / RUN_FILE)
-    suite_labels, suite_name = None, None
+    suite_labels, suite_name, suite_file, adopted_from = None, None, None, None
     if (run_dir / SUITE_FILE).is_file():
         suite = _mapping(read_json(run_dir / SUITE_FILE), run_dir / SUITE_FILE)
         labels = suite.get("labels", {})
@@ -139,6 +141,8 @@ def load_run(run_dir: Path) -> RunRecord:
             raise DataError(f"{run_dir / SUITE_FILE}: 'labels' must be a mapping")
         suite_labels = {str(k): str(v) for k, v in labels.items()}
         suite_name = None if suite.get("suite") is None else str(suite["suite"])
+        suite_file = None if suite.get("suite_file") is None else str(suite["suite_file"])
+        adopted_from = None if suite.get("adopted_from") is None else str(suite["adopted_from"])
     return RunRecord(
         path=run_dir,
         config=config,
@@ -146,6 +150,8 @@ def load_run(run_dir: Path) -> RunRecord:
         run_info=run_info,
         suite_labels=suite_labels,
         suite_name=suite_name,
+        suite_file=suite_file,
+        adopted_from=adopted_from,
         excluded=_exclusion(metrics, metrics_file),
         synthesis_grids=_synthesis_grids(run_dir),
     )
