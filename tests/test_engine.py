@@ -129,6 +129,11 @@ def test_image_store_host_gather_matches_resident(tmp_path):
     batches = list(index_batches(torch.arange(9), 4, torch.Generator().manual_seed(0)))
     assert [len(b) for b in batches] == [4, 4] == [4] * num_batches(9, 4)
     assert len(set(torch.cat(batches).tolist())) == 8
+    # with a device the order is the same (drawn on the CPU) and the batches live on that device
+    on_meta = list(index_batches(torch.arange(9), 4, torch.Generator().manual_seed(0), device=torch.device("meta")))
+    assert [b.device.type for b in on_meta] == ["meta", "meta"] and [len(b) for b in on_meta] == [4, 4]
+    same = list(index_batches(torch.arange(9), 4, torch.Generator().manual_seed(0), device=torch.device("cpu")))
+    assert all(torch.equal(a, b) for a, b in zip(batches, same))
 
 
 def test_first_per_class_keeps_the_first_n_of_each_label():

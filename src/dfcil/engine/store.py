@@ -40,11 +40,18 @@ class ImageStore:
 
 
 def index_batches(
-    indices: torch.Tensor, batch_size: int, generator: torch.Generator, shuffle: bool = True
+    indices: torch.Tensor, batch_size: int, generator: torch.Generator, shuffle: bool = True,
+    device: torch.device | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Shuffled mini-batches of ``indices``; a trailing batch of one sample is dropped (BatchNorm)."""
+    """Shuffled mini-batches of ``indices``; a trailing batch of one sample is dropped (BatchNorm).
+
+    The permutation is drawn with ``generator`` (on the CPU, so the order does not depend on the
+    device); with ``device`` the whole epoch's order is copied there once and the batches are
+    slices of it, so no step waits on a host-to-device copy of its indices."""
     if shuffle:
         indices = indices[torch.randperm(len(indices), generator=generator)]
+    if device is not None:
+        indices = indices.to(device)
     for start in range(0, len(indices), batch_size):
         batch = indices[start : start + batch_size]
         if len(batch) >= 2 or len(indices) == 1:

@@ -258,13 +258,14 @@ class Trainer:
                    disable=not (self.config.runtime.progress and self.dist.is_main),
                    file=sys.stderr, dynamic_ncols=True)
         start = time.perf_counter()
-        for step, index in enumerate(index_batches(indices, batch_size, self.sample_generator)):
+        labels_on_device = self.train_data.labels.to(self.device)  # batches index it where they are
+        for step, index in enumerate(index_batches(indices, batch_size, self.sample_generator, device=self.device)):
             if self.dist.enabled:
                 if len(index) < self.dist.world_size:
                     continue  # a last batch too small to give every rank an image (all ranks skip it)
                 index = self.dist.shard(index)
             images = self.augment(self.train_data.store.gather(index), self.device_generator)
-            labels = self.train_data.labels[index].to(self.device, non_blocking=True)
+            labels = labels_on_device[index]
 
             def losses() -> tuple[torch.Tensor, Any]:
                 with self.env.autocast():
