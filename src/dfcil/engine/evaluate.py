@@ -20,22 +20,24 @@ def predict(
     batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All-seen logits and penultimate features (float32, CPU) of the images at ``indices``,
-    model in eval mode."""
+    model in eval mode. The outputs stay on the device until the last batch (one copy back)."""
     was_training = model.training
     model.eval()
+    if store.resident:
+        indices = indices.to(store.device)  # once, not per batch
     logits, features = [], []
     try:
         for start in range(0, len(indices), batch_size):
             images = normalizer(store.gather(indices[start : start + batch_size]))
             with env.autocast():
                 out = model(images)
-            logits.append(out.logits.float().cpu())
-            features.append(out.features.float().cpu())
+            logits.append(out.logits.float())
+            features.append(out.features.float())
     finally:
         model.train(was_training)
     if not logits:
         return torch.empty(0, model.num_classes), torch.empty(0, model.feature_dim)
-    return torch.cat(logits), torch.cat(features)
+    return torch.cat(logits).cpu(), torch.cat(features).cpu()
 
 
 def predict_logits(
