@@ -14,7 +14,7 @@ from dfcil.cli import main
 from dfcil.errors import ConfigError
 from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
 import dfcil.suite
-from dfcil.suite import adopt_runs, execute_suite, load_suite, run_state, threads_per_job
+from dfcil.suite import adopt_runs, execute_suite, load_suite, run_state, status_table, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,6 +176,29 @@ def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tm
     assert all("runtime.num_threads=1" in command for _, command, _ in started)
     assert threads_per_job(1) is None and threads_per_job(2, cores=2) == 1 and threads_per_job(4, cores=2) == 1
     assert threads_per_job(2, cores=16) == 8
+
+
+def test_status_shows_where_each_run_stands(tmp_path, tiny_tree, capsys):
+    suite_file = _write_suite(tmp_path, tiny_tree, "  seed: [0, 1, 2]\n")
+    suite = load_suite(suite_file)
+    out = tmp_path / "out"
+    done, started = out / "seed-0", out / "seed-1"
+    _fake_complete_run(done, {}, 61.25)
+    (done / "metrics.json").write_text(json.dumps({"complete": True, "last_accuracy": 61.25, "wall_time_s": 90.0}))
+    started.mkdir(parents=True)
+    (started / "config.yaml").write_text("{}")
+    (started / "log.jsonl").write_text(
+        json.dumps({"event": "epoch", "task": 1, "phase": "main", "epoch": 1, "time_s": 30.0}) + "\n"
+        + json.dumps({"event": "synthesis", "task": 2, "step": 10}) + "\n"
+        + json.dumps({"event": "epoch", "task": 2, "phase": "main", "epoch": 3, "time_s": 60.0}) + "\n")
+    lines = status_table(suite, out).splitlines()
+    assert lines[1].split() == ["seed-0", "complete", "done", "1.5", "61.25"]
+    assert lines[2].split() == ["seed-1", "interrupted", "task", "2", "main", "epoch", "3", "1.5", "-"]
+    assert lines[3].split() == ["seed-2", "new", "-", "-", "-"]
+    assert lines[-1] == f"1 complete, 1 interrupted, 1 new of 3 runs in {out}"
+    assert main(["suite", str(suite_file), "-o", str(out), "--status"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["seed-0", "complete"]
+    assert not (out / "seed-2").exists()  # --status starts nothing
 
 
 def test_shipped_suites_are_valid():

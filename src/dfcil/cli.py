@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     suite.add_argument("-o", "--output", type=Path, metavar="DIR", help="where the runs go (default: runs/suites/<name>)")
     suite.add_argument("--jobs", type=int, default=1, help="experiments at once, as separate processes (default 1)")
     suite.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do")
+    suite.add_argument("--status", action="store_true",
+                       help="print where every run stands (complete, interrupted or still running, new; last epoch, "
+                            "minutes, A_N) and start nothing")
     suite.add_argument("--adopt", type=Path, action="append", default=[], metavar="DIR",
                        help="copy complete runs under DIR whose config equals a suite run's instead of "
                             "running them (repeatable)")
@@ -114,10 +117,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _suite(args: argparse.Namespace) -> int:
-    from dfcil.suite import adopt_runs, execute_suite, load_suite
+    from dfcil.suite import adopt_runs, execute_suite, load_suite, status_table
 
     suite = load_suite(args.suite)
     out = args.output or Path("runs") / "suites" / suite.name
+    if args.status:
+        print(status_table(suite, out))
+        return 0
     if args.adopt and not args.dry_run:
         for name, source in adopt_runs(suite, out, args.adopt):
             print(f"[suite] adopted {name} from {source}", file=sys.stderr, flush=True)

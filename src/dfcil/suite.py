@@ -219,6 +219,54 @@ def adopt_runs(suite: Suite, out: Path, sources: list[Path]) -> list[tuple[str, 
     return adopted
 
 
+def run_progress(run_dir: Path) -> dict[str, Any]:
+    """Where one suite run stands: ``state`` (complete / interrupted / new), ``at`` (the last
+    logged epoch, e.g. ``task 2 main epoch 7``), ``minutes`` (wall time of a complete run, else
+    the summed time of its logged epochs; generator training not counted) and ``last_accuracy``."""
+    state = run_state(run_dir)
+    progress: dict[str, Any] = {"state": state, "at": "-", "minutes": None, "last_accuracy": None}
+    seconds = 0.0
+    try:
+        lines = (run_dir / "log.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "epoch":
+            progress["at"] = f"task {record.get('task')} {record.get('phase')} epoch {record.get('epoch')}"
+            seconds += float(record.get("time_s") or 0.0)
+    if seconds:
+        progress["minutes"] = seconds / 60
+    if state == "complete":
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        progress["at"] = "done"
+        if isinstance(metrics.get("wall_time_s"), (int, float)):
+            progress["minutes"] = metrics["wall_time_s"] / 60
+        progress["last_accuracy"] = metrics.get("last_accuracy")
+    return progress
+
+
+def status_table(suite: Suite, out: Path) -> str:
+    """A plain-text table of every run of ``suite`` under ``out`` with :func:`run_progress`."""
+    rows = [("run", "state", "at", "minutes", "A_N")]
+    counts: dict[str, int] = {}
+    for run in suite.runs:
+        progress = run_progress(out / run.name)
+        counts[progress["state"]] = counts.get(progress["state"], 0) + 1
+        minutes = "-" if progress["minutes"] is None else f"{progress['minutes']:.1f}"
+        accuracy = progress["last_accuracy"]
+        rows.append((run.name, progress["state"], progress["at"], minutes,
+                     "-" if not isinstance(accuracy, (int, float)) else f"{accuracy:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.append(", ".join(f"{counts.get(state, 0)} {state}" for state in ("complete", "interrupted", "new"))
+                 + f" of {len(suite.runs)} runs in {out}")
+    return "\n".join(lines)
+
+
 def _partner_joint(run: SuiteRun, joints: list[SuiteRun]) -> SuiteRun | None:
     """The joint run whose labels equal ``run``'s on every axis except the method's."""
     for joint in joints:
