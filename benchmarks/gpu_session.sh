@@ -9,7 +9,12 @@
 # carry: `mkdir -p .gpu-data && cp ../shared/data/cifar100-jpg.tar.gz .gpu-data/`).
 # Everything that comes back is written under $OUT (default /tmp/gpu-session): at most 8 files.
 # The package runs from src/ (no install); the GPU image has torch, numpy, PyYAML, Pillow, tqdm.
+# MODE=suite instead runs `dfcil suite SUITE` (default suites/mini.yaml) with JOBS processes
+# sharing the GPU (default 8) for SUITE_SECONDS, adopting the complete runs already committed in
+# benchmarks/results/suites/<name>, and returns the suite's new runs (no checkpoints) as
+# $OUT/suite.tar.gz, to unpack into benchmarks/results/suites/<name> here; rerun to go on.
 #   device run: bash benchmarks/gpu_session.sh            (carry: [".gpu-data"], timeout_s: 600)
+#   device run: MODE=suite bash benchmarks/gpu_session.sh (carry: [".gpu-data"], timeout_s: 600)
 #   on a CPU, to try the script: SPEED_SECONDS=60 RUN_SECONDS=60 RUN_SET="train.epochs=1" bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +24,7 @@ export DFCIL_DATA=${DFCIL_DATA:-$PWD/.gpu-data}
 SPEED_SECONDS=${SPEED_SECONDS:-150}
 RUN_SECONDS=${RUN_SECONDS:-270}
 RUN_SET=${RUN_SET:-}
-mkdir -p "$OUT/eager" "$OUT/compile" "$OUT/run"
+mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
 
 echo "== machine"
@@ -27,6 +32,33 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 git log -1 --format='commit %H' 2>/dev/null || true
 
+if [ "${MODE:-speed}" = suite ]; then
+    SUITE=${SUITE:-suites/mini.yaml}
+    name=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$SUITE")
+    committed="benchmarks/results/suites/$name"
+    rm -rf /tmp/gpu-suite && mkdir -p /tmp/gpu-suite
+    JOBS=${JOBS:-8}
+    echo "== suite $SUITE, $JOBS jobs, for at most ${SUITE_SECONDS:-500} s"
+    adopt=()
+    [ -d "$committed" ] && adopt=(--adopt "$committed")
+    timeout "${SUITE_SECONDS:-500}" python3 -m dfcil suite "$SUITE" -o /tmp/gpu-suite --jobs "$JOBS" "${adopt[@]}" \
+        || echo "suite: exit $?"
+    python3 -m dfcil suite "$SUITE" -o /tmp/gpu-suite --status
+    # the runs completed here (not the adopted ones), without checkpoints
+    new=$(python3 -c '
+import json, sys
+from pathlib import Path
+from dfcil.suite import run_state
+for run in sorted(Path(sys.argv[1]).iterdir()):
+    suite = run / "suite.json"
+    if run_state(run) == "complete" and suite.exists() and "adopted_from" not in json.loads(suite.read_text()):
+        print(run.name)
+' /tmp/gpu-suite)
+    [ -n "$new" ] && tar -C /tmp/gpu-suite --exclude=checkpoints -czf "$OUT/suite.tar.gz" $new
+    exit 0
+fi
+
+mkdir -p "$OUT/eager" "$OUT/compile" "$OUT/run"
 echo "== method speed, eager"
 timeout "$SPEED_SECONDS" python3 benchmarks/method_speed.py --methods finetune rdfcil --out "$OUT/eager" \
     || echo "method_speed eager: exit $?"
