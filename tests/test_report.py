@@ -422,3 +422,13 @@ def test_suite_runs_name_their_suite_command_and_adoption(tmp_path):
     text = render_reproducibility(group_runs(records), [], "dfcil report x")
     assert "A_N 20.50 ± 0.71 (2 seeds)" in text
     assert "Command: `dfcil suite suites/mini.yaml` (runs method-lwf__seed-0, method-lwf__seed-1)." in text
+
+
+def test_machine_label_names_the_cpu_and_its_bf16():
+    from dfcil.report.labels import machine_label
+
+    label = machine_label({"processor": "x86_64", "cpu_model": "AMD EPYC", "cpu_native_bf16": False, "cpu_count": 2,
+                           "torch": "2.13.0+cpu", "python": "3.11.7", "torch_threads": 1, "platform": "Linux-x"})
+    assert label.startswith("AMD EPYC, 2 CPUs, no native bf16, torch 2.13.0+cpu")
+    # runs recorded before the CPU model was: the processor, and nothing said about bf16
+    assert machine_label({"processor": "x86_64", "cpu_count": 2}) == "x86_64, 2 CPUs"

@@ -23,6 +23,7 @@ from dfcil.distributed import SINGLE, Distributed
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import ConfigError, RunDirError
+from dfcil.precision import fast_bf16_available
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -47,11 +48,26 @@ def git_commit(path: Path) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else None."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_description(device: str) -> dict[str, Any]:
-    """What the run ran on."""
+    """What the run ran on (with the CPU model and whether it has native bf16, which decides
+    ``train.precision: auto`` and the speed on a CPU)."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_native_bf16": fast_bf16_available(torch.device("cpu")),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

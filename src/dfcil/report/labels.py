@@ -121,17 +121,21 @@ def machine_label(machine: Any) -> str:
     if not isinstance(machine, dict):
         return "" if machine is None else str(machine)
     parts = []
-    if machine.get("processor") or machine.get("platform"):
-        parts.append(str(machine.get("processor") or machine.get("platform")))
+    name = machine.get("cpu_model") or machine.get("processor") or machine.get("platform")
+    if name:
+        parts.append(str(name))
     if machine.get("cpu_count") is not None:
         parts.append(f"{machine['cpu_count']} CPUs")
+    if "cpu_native_bf16" in machine:
+        parts.append("native bf16" if machine["cpu_native_bf16"] else "no native bf16")
     for key in ("gpu", "cuda"):
         if machine.get(key):
             parts.append(f"{key} {machine[key]}")
     for key in ("torch", "python"):
         if machine.get(key):
             parts.append(f"{key} {machine[key]}")
-    known = {"processor", "cpu_count", "gpu", "cuda", "torch", "python", "platform", "torch_threads"}
+    known = {"processor", "cpu_model", "cpu_native_bf16", "cpu_count", "gpu", "cuda", "torch", "python", "platform",
+             "torch_threads"}
     parts.extend(f"{k}={v}" for k, v in machine.items() if k not in known)
     if machine.get("platform") and machine.get("processor"):
         parts.append(str(machine["platform"]))
