@@ -432,3 +432,23 @@ def test_machine_label_names_the_cpu_and_its_bf16():
     assert label.startswith("AMD EPYC, 2 CPUs, no native bf16, torch 2.13.0+cpu")
     # runs recorded before the CPU model was: the processor, and nothing said about bf16
     assert machine_label({"processor": "x86_64", "cpu_count": 2}) == "x86_64, 2 CPUs"
+
+
+def test_a_run_found_twice_counts_once(tmp_path):
+    import shutil
+
+    original = write_run(tmp_path / "mini", "lwf-s0", "lwf", 0, [80.0, 50.0, 30.0, 20.0])
+    write_run(tmp_path / "mini", "lwf-s1", "lwf", 1, [80.0, 50.0, 30.0, 22.0])
+    adopted = tmp_path / "suite" / "method-lwf__seed-0"
+    shutil.copytree(original, adopted)  # what `dfcil suite --adopt` does, plus suite.json
+    (adopted / "suite.json").write_text(json.dumps({"suite": "mini", "labels": {"method": "lwf", "seed": "0"},
+                                                    "adopted_from": str(original)}))
+    records = {r.path.name: r for r in find_runs([tmp_path / "mini", tmp_path / "suite"])}
+    assert records["lwf-s0"].excluded == f"a copy of the same run as {records['method-lwf__seed-0'].path}"
+    assert records["method-lwf__seed-0"].excluded is None and records["lwf-s1"].excluded is None
+    from dfcil.report.aggregate import duplicate_seed_warnings
+
+    groups = group_runs(list(records.values()))
+    assert not duplicate_seed_warnings(groups)  # no "seed 0 appears in 2 runs"
+    (lwf,) = groups
+    assert [r.path.name for r in lwf.runs] == ["method-lwf__seed-0", "lwf-s1"] and lwf.stats["last_accuracy"].n == 2

@@ -191,7 +191,36 @@ def find_runs(paths: list[Path]) -> list[RunRecord]:
             raise DataError(f"{path}: no such run directory or folder")
         for run_dir in _run_dirs_under(path):
             seen.setdefault(run_dir.resolve(), None)
-    return [load_run(_relative_to_cwd(run_dir)) for run_dir in sorted(seen)]
+    return exclude_copies([load_run(_relative_to_cwd(run_dir)) for run_dir in sorted(seen)])
+
+
+def _run_identity(record: RunRecord) -> tuple[str, str, str] | None:
+    """What makes two run directories the same run: config fingerprint plus the start time and
+    command of its first session (``run.json``); None for runs without provenance."""
+    info = record.run_info or {}
+    sessions = info.get("sessions")
+    if not info.get("fingerprint") or not isinstance(sessions, list) or not sessions or not isinstance(sessions[0], dict):
+        return None
+    return str(info["fingerprint"]), str(sessions[0].get("started")), str(sessions[0].get("command"))
+
+
+def exclude_copies(records: list[RunRecord]) -> list[RunRecord]:
+    """Exclude all but one directory of each run found more than once (e.g. a run a suite
+    adopted, given to the report beside its original), so that no run counts twice. The copy
+    kept is one with suite labels (it groups with its suite), else the first by path."""
+    by_identity: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for record in records:
+        identity = _run_identity(record)
+        if identity is not None:
+            by_identity.setdefault(identity, []).append(record)
+    for copies in by_identity.values():
+        if len(copies) < 2:
+            continue
+        keep = next((r for r in copies if r.suite_labels), copies[0])
+        for record in copies:
+            if record is not keep and record.excluded is None:
+                record.excluded = f"a copy of the same run as {keep.path}"
+    return records
 
 
 def _relative_to_cwd(path: Path) -> Path:
