@@ -194,21 +194,23 @@ def find_runs(paths: list[Path]) -> list[RunRecord]:
     return exclude_copies([load_run(_relative_to_cwd(run_dir)) for run_dir in sorted(seen)])
 
 
-def _run_identity(record: RunRecord) -> tuple[str, str, str] | None:
-    """What makes two run directories the same run: config fingerprint plus the start time and
-    command of its first session (``run.json``); None for runs without provenance."""
+def _run_identity(record: RunRecord) -> tuple[str, ...] | None:
+    """What makes two run directories copies of one run: the config fingerprint, the start time
+    and command of the first session (``run.json``) and the whole ``metrics.json``; None for
+    runs without provenance."""
     info = record.run_info or {}
     sessions = info.get("sessions")
     if not info.get("fingerprint") or not isinstance(sessions, list) or not sessions or not isinstance(sessions[0], dict):
         return None
-    return str(info["fingerprint"]), str(sessions[0].get("started")), str(sessions[0].get("command"))
+    return (str(info["fingerprint"]), str(sessions[0].get("started")), str(sessions[0].get("command")),
+            json.dumps(record.metrics, sort_keys=True))
 
 
 def exclude_copies(records: list[RunRecord]) -> list[RunRecord]:
     """Exclude all but one directory of each run found more than once (e.g. a run a suite
     adopted, given to the report beside its original), so that no run counts twice. The copy
     kept is one with suite labels (it groups with its suite), else the first by path."""
-    by_identity: dict[tuple[str, str, str], list[RunRecord]] = {}
+    by_identity: dict[tuple[str, ...], list[RunRecord]] = {}
     for record in records:
         identity = _run_identity(record)
         if identity is not None:
