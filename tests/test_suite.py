@@ -14,7 +14,7 @@ from dfcil.cli import main
 from dfcil.errors import ConfigError
 from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
 import dfcil.suite
-from dfcil.suite import adopt_runs, execute_suite, load_suite, run_state, status_table, threads_per_job
+from dfcil.suite import adopt_runs, execute_suite, load_suite, run_state, select_runs, status_table, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,8 @@ def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tm
 
     class FakeProcess:
         def __init__(self, command, stdout=None, stderr=None):
-            self.name = Path(command[command.index("-o") + 1]).name
+            flag = "-o" if "-o" in command else "--resume"
+            self.name = Path(command[command.index(flag) + 1]).name
             started.append((self.name, command, sorted(running)))
             running[self.name] = polls_to_finish.get(self.name, 2)
 
@@ -174,6 +175,23 @@ def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tm
     assert f"runtime.upper_bound={out / 'method-joint__seed-0'}" in command
     assert order.index("method-ft__seed-1") > order.index("method-joint__seed-1")
     assert all("runtime.num_threads=1" in command for _, command, _ in started)
+    # --only: a selection without the joint runs still gets their Omega and does not wait for them
+    started.clear()
+    for run in suite.runs:
+        if not run.is_joint:
+            (out / run.name / "metrics.json").unlink()
+    selected = select_runs(suite, ["method-ft__seed-1"])
+    assert [run.name for run in selected.runs] == ["method-ft__seed-1"]
+    for run in suite.runs:  # the ft runs are new again (never started)
+        if not run.is_joint:
+            (out / run.name / "config.yaml").unlink()
+    execute_suite(selected, out, jobs=2)
+    assert [name for name, _, _ in started] == ["method-ft__seed-1"]
+    assert f"runtime.upper_bound={out / 'method-joint__seed-1'}" in started[0][1]
+    assert [r.name for r in select_runs(suite, ["*seed-0", "method-joint__*"]).runs] == [
+        "method-ft__seed-0", "method-joint__seed-0", "method-joint__seed-1"]
+    with pytest.raises(ConfigError, match="matches none of the suite's runs"):
+        select_runs(suite, ["method-lwf__*"])
     assert threads_per_job(1) is None and threads_per_job(2, cores=2) == 1 and threads_per_job(4, cores=2) == 1
     assert threads_per_job(2, cores=16) == 8
 

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     suite.add_argument("-o", "--output", type=Path, metavar="DIR", help="where the runs go (default: runs/suites/<name>)")
     suite.add_argument("--jobs", type=int, default=1, help="experiments at once, as separate processes (default 1)")
     suite.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do")
+    suite.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                       help="only the runs whose name matches this shell pattern, e.g. 'method-lwf__*' (repeatable)")
     suite.add_argument("--status", action="store_true",
                        help="print where every run stands (complete, interrupted or still running, new; last epoch, "
                             "minutes, A_N) and start nothing")
@@ -117,9 +119,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _suite(args: argparse.Namespace) -> int:
-    from dfcil.suite import adopt_runs, execute_suite, load_suite, status_table
+    from dfcil.suite import adopt_runs, execute_suite, load_suite, select_runs, status_table
 
-    suite = load_suite(args.suite)
+    suite = select_runs(load_suite(args.suite), args.only)
     out = args.output or Path("runs") / "suites" / suite.name
     if args.status:
         print(status_table(suite, out))

@@ -26,6 +26,7 @@ fingerprint as a suite run's (everything but ``runtime``), and records where it 
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import os
@@ -72,6 +73,14 @@ class Suite:
     name: str
     path: Path
     runs: list[SuiteRun] = field(default_factory=list)
+    all_joint_runs: list[SuiteRun] | None = None  # of the whole grid, when ``runs`` is a selection
+
+    @property
+    def joint_runs(self) -> list[SuiteRun]:
+        """The grid's joint runs (partners for Omega), also those a selection left out."""
+        if self.all_joint_runs is not None:
+            return self.all_joint_runs
+        return [run for run in self.runs if run.is_joint]
 
 
 def _format(value: Any) -> str:
@@ -170,6 +179,19 @@ def run_state(run_dir: Path) -> str:
         except ValueError:
             pass
     return "interrupted" if (run_dir / "config.yaml").exists() else "new"
+
+
+def select_runs(suite: Suite, patterns: list[str]) -> Suite:
+    """``suite`` restricted to the runs whose name matches one of the shell-style ``patterns``
+    (``method-rdfcil__*``, ``*__seed-[01]``); all of them when ``patterns`` is empty. A pattern
+    that matches no run is an error (a typo would otherwise run nothing, silently)."""
+    if not patterns:
+        return suite
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(run.name, pattern) for run in suite.runs):
+            raise ConfigError(f"--only {pattern}: matches none of the suite's runs (e.g. {suite.runs[0].name})")
+    kept = [run for run in suite.runs if any(fnmatch.fnmatchcase(run.name, p) for p in patterns)]
+    return Suite(suite.name, suite.path, kept, all_joint_runs=suite.joint_runs)
 
 
 def _complete_runs_by_fingerprint(sources: list[Path]) -> dict[str, Path]:
@@ -311,9 +333,9 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     outcome: dict[str, list[str]] = {"skipped": [], "done": [], "failed": []}
-    joints = [run for run in suite.runs if run.is_joint]
+    joints = suite.joint_runs
     pending = []
-    for run in joints + [run for run in suite.runs if not run.is_joint]:
+    for run in [run for run in suite.runs if run.is_joint] + [run for run in suite.runs if not run.is_joint]:
         if run_state(out / run.name) == "complete":
             outcome["skipped"].append(run.name)
         else:
