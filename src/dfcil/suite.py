@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from dfcil.atomic import write_json
-from dfcil.config import apply_overrides, fingerprint, load_yaml_tree, parse_config
+from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
 from dfcil.errors import ConfigError
 
 SUITE_FILE = "suite.json"
@@ -181,6 +181,12 @@ def run_state(run_dir: Path) -> str:
     return "interrupted" if (run_dir / "config.yaml").exists() else "new"
 
 
+def _suite_record(suite: Suite, run: SuiteRun, **extra: str) -> dict[str, Any]:
+    """The ``suite.json`` of ``run``: suite name and file, labels, config and overrides."""
+    return {"suite": suite.name, "suite_file": str(suite.path), "labels": run.labels, "config": str(run.config),
+            "overrides": list(run.overrides), **extra}
+
+
 def select_runs(suite: Suite, patterns: list[str]) -> Suite:
     """``suite`` restricted to the runs whose name matches one of the shell-style ``patterns``
     (``method-rdfcil__*``, ``*__seed-[01]``); all of them when ``patterns`` is empty. A pattern
@@ -205,8 +211,8 @@ def _complete_runs_by_fingerprint(sources: list[Path]) -> dict[str, Path]:
             if run_state(run_dir) != "complete":
                 continue
             try:
-                config = parse_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
-            except (ConfigError, OSError, yaml.YAMLError):
+                config = load_config(run_dir / "config.yaml")
+            except (ConfigError, OSError):
                 continue
             found.setdefault(fingerprint(config), run_dir)
     return found
@@ -233,9 +239,7 @@ def adopt_runs(suite: Suite, out: Path, sources: list[Path]) -> list[tuple[str, 
         shutil.rmtree(staging, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns("checkpoints"))
-        write_json(staging / SUITE_FILE, {"suite": suite.name, "suite_file": str(suite.path), "labels": run.labels,
-                                          "config": str(run.config), "overrides": list(run.overrides),
-                                          "adopted_from": str(source)})
+        write_json(staging / SUITE_FILE, _suite_record(suite, run, adopted_from=str(source)))
         os.replace(staging, destination)
         adopted.append((run.name, source))
     return adopted
@@ -360,8 +364,7 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False)
             pending.remove(run)
             run_dir = out / run.name
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / SUITE_FILE, {"suite": suite.name, "suite_file": str(suite.path), "labels": run.labels,
-                                              "config": str(run.config), "overrides": list(run.overrides)})
+            write_json(run_dir / SUITE_FILE, _suite_record(suite, run))
             (out / "logs").mkdir(parents=True, exist_ok=True)
             log = open(out / "logs" / f"{run.name}.log", "ab")  # noqa: SIM115 - closed when the run ends
             command = command_for(run, out, joints, threads)
