@@ -452,3 +452,44 @@ def test_a_run_found_twice_counts_once(tmp_path):
     assert not duplicate_seed_warnings(groups)  # no "seed 0 appears in 2 runs"
     (lwf,) = groups
     assert [r.path.name for r in lwf.runs] == ["method-lwf__seed-0", "lwf-s1"] and lwf.stats["last_accuracy"].n == 2
+
+
+def test_a_path_given_first_supersedes_same_seed_runs_of_later_paths(tmp_path):
+    """A suite's fp32 seed-0 run replaces an older seed-0 run of the same method (given after it),
+    instead of being averaged with it; methods only the older folder has still come from it."""
+    from dfcil.report.aggregate import duplicate_seed_warnings, exclude_superseded, group_runs
+    from dfcil.report.reproducibility import render_reproducibility
+
+    for seed in (0, 1):
+        suite = {"suite": "mini", "suite_file": "suites/mini.yaml", "labels": {"method": "joint", "seed": str(seed)}}
+        write_run(tmp_path / "suite", f"method-joint__seed-{seed}", "joint", seed, [90.0, 80.0, 70.0, 60.0 + seed],
+                  suite=suite)
+    suite = {"suite": "mini", "suite_file": "suites/mini.yaml", "labels": {"method": "abd", "seed": "1"}}
+    write_run(tmp_path / "suite", "method-abd__seed-1", "abd", 1, [80.0, 50.0, 40.0, 30.0], suite=suite)
+    write_run(tmp_path / "old", "joint-s0", "joint", 0, [90.0, 80.0, 70.0, 68.0])
+    write_run(tmp_path / "old", "abd-s0", "abd", 0, [80.0, 50.0, 40.0, 32.0])
+
+    records = find_runs([tmp_path / "suite", tmp_path / "old"])
+    exclude_superseded(records)
+    by_name = {r.name: r for r in records}
+    assert by_name["joint-s0"].excluded.startswith(f"superseded by {by_name['method-joint__seed-0'].path} (same joint")
+    assert all(by_name[n].excluded is None for n in ("method-joint__seed-0", "method-joint__seed-1", "abd-s0",
+                                                     "method-abd__seed-1"))
+    groups = group_runs(records)
+    assert not duplicate_seed_warnings(groups)
+    stats = {g.method: g.stats["last_accuracy"] for g in groups}
+    assert (stats["joint"].mean, stats["joint"].n) == (60.5, 2)  # not 68.0 averaged in
+    assert (stats["abd"].mean, stats["abd"].n) == (31.0, 2)  # the old seed 0 beside the suite's seed 1
+    text = render_reproducibility(groups, [], "dfcil report x")
+    assert ("Command: `dfcil run mini.yaml -o abd-s0 <&>` (run abd-s0); `dfcil suite suites/mini.yaml` "
+            "(run method-abd__seed-1).") in text
+
+    # the other order: the old folder's run wins
+    records = find_runs([tmp_path / "old", tmp_path / "suite"])
+    exclude_superseded(records)
+    assert {r.name for r in records if r.excluded} == {"method-joint__seed-0"}
+    # the same-seed pair under one path is not resolved, only reported
+    records = find_runs([tmp_path])
+    exclude_superseded(records)
+    assert not any(r.excluded for r in records)
+    assert any("seed 0 appears in 2 runs" in w for w in duplicate_seed_warnings(group_runs(records)))

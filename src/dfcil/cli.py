@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                             "running them (repeatable)")
 
     report = commands.add_parser("report", help="tables (md/csv/json), plots and an HTML page from run directories")
-    report.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories or folders holding them")
+    report.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories or folders holding them; where two hold a run of the same method, "
+                             "protocol and seed, the one given first is used")
     report.add_argument("-o", "--output", type=Path, default=Path("report"), metavar="OUT",
                         help="where the report goes (default: report/)")
     report.add_argument("--published", type=Path, metavar="YAML", help="published figures (benchmarks/published.yaml)")

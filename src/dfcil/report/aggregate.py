@@ -27,6 +27,25 @@ def _value(record: RunRecord, key: str) -> float | None:
     return float(value)
 
 
+def exclude_superseded(records: Sequence[RunRecord]) -> None:
+    """Where runs of the same protocol column, row and seed were found under different paths
+    given to the report, use only those under the path given first and mark the others
+    ``excluded`` (superseded), so that e.g. a suite's seed-0 run replaces an older seed-0 run of
+    the same method instead of being averaged with it.  Same-seed runs under one path are left
+    alone (:func:`duplicate_seed_warnings` reports them)."""
+    columns = protocol_labels(records)
+    by_key: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    for record in (r for r in records if r.excluded is None):
+        by_key[(columns[str(record.path)], row_label(record), str(run_seed(record)))].append(record)
+    for (protocol, method, seed), runs in by_key.items():
+        first = min(r.source_rank for r in runs)
+        kept = [r for r in runs if r.source_rank == first]
+        for record in runs:
+            if record.source_rank != first:
+                record.excluded = (f"superseded by {kept[0].path} (same {method}, {protocol}, seed {seed}, "
+                                   "under a path given earlier to the report)")
+
+
 def group_runs(records: Sequence[RunRecord]) -> list[Group]:
     """One :class:`Group` per (protocol column, row label) of the runs that are not excluded.
 

@@ -9,7 +9,7 @@ from dfcil.atomic import write_json
 from dfcil.errors import DataError
 from dfcil.report import plots
 from dfcil.report.domain_gap import plot_domain_gap, run_domain_gaps
-from dfcil.report.aggregate import duplicate_seed_warnings, group_runs, protocols
+from dfcil.report.aggregate import duplicate_seed_warnings, exclude_superseded, group_runs, protocols
 from dfcil.report.html import write_html
 from dfcil.report.labels import protocol_labels, row_label, run_seed
 from dfcil.report.model import Report
@@ -87,13 +87,15 @@ def build_report(paths: list[Path], out_dir: Path, published: Path | None = None
     """Aggregate the run directories under ``paths`` into ``out_dir``; return ``index.html``.
 
     Writes ``report.md``, ``report.csv``, ``report.json``, ``plots/*.png`` and ``index.html``.
-    Incomplete runs are listed but left out of the means.  Raises ``DataError`` when no run
+    Incomplete runs are listed but left out of the means, and so are runs superseded by a run
+    of the same method, protocol and seed under a path given earlier.  Raises ``DataError`` when no run
     directory is found or a file is damaged.
     """
     out_dir = Path(out_dir)
     records = find_runs([Path(p) for p in paths])
     if not records:
         raise DataError(f"no run directory (metrics.json + config.yaml) under {', '.join(map(str, paths))}")
+    exclude_superseded(records)
     groups = group_runs(records)
     report = Report(
         groups=groups,

@@ -21,6 +21,7 @@ from dfcil.atomic import write_text
 from dfcil.errors import DataError
 from dfcil.report.labels import sessions
 from dfcil.report.model import Group, Stat
+from dfcil.report.runs import RunRecord
 
 # The mini protocols (protocol label -> config): small versions of the papers' splits.
 MINI_PROTOCOLS = {"cifar100 B0 N=4 (20 classes)": "configs/mini.yaml",
@@ -83,17 +84,10 @@ def _cell(stat: Stat | None) -> str:
     return f"{stat.mean:.2f}{spread} ({stat.n} seed{'s' if stat.n != 1 else ''})"
 
 
-def _command(group: Group | None) -> str:
-    """The command that made a group's runs: the suite, where one suite file made them all
-    (runs it adopted included), else the first run's own command, as a user would type it
-    (``dfcil ...``, paths relative to the current directory, without runtime-only options)."""
-    if group is None or not group.runs:
-        return "-"
-    suite_files = {run.suite_file for run in group.runs}
-    if len(suite_files) == 1 and None not in suite_files:
-        names = ", ".join(run.name for run in group.runs)
-        return f"`dfcil suite {next(iter(suite_files))}` (runs {names})"
-    runs = sessions(group.runs[0])
+def _run_command(run: RunRecord) -> str:
+    """A run's own command as a user would type it (``dfcil ...``, paths relative to the current
+    directory, without runtime-only options), or ``"-"`` when run.json does not say."""
+    runs = sessions(run)
     words = str(runs[0].get("command", "")).split() if runs else []
     if not words:
         return "-"
@@ -113,6 +107,28 @@ def _command(group: Group | None) -> str:
         kept.append(word)
     prefix = f"{Path.cwd()}/"
     return "`" + " ".join(kept).replace(prefix, "") + "`"
+
+
+def _command(group: Group | None) -> str:
+    """The commands that made a group's runs: ``dfcil suite <file>`` for the runs a suite made
+    (runs it adopted included), and the first run's own command for runs made without a suite;
+    where a group mixes sources, each command names its runs."""
+    if group is None or not group.runs:
+        return "-"
+    by_source: dict[str | None, list[RunRecord]] = {}
+    for run in group.runs:
+        by_source.setdefault(run.suite_file, []).append(run)
+    parts = []
+    for suite_file, runs in by_source.items():
+        names = ", ".join(run.name for run in runs)
+        if suite_file is not None:
+            parts.append(f"`dfcil suite {suite_file}` (run{'s' if len(runs) > 1 else ''} {names})")
+        elif len(by_source) > 1:
+            parts.append(f"{_run_command(runs[0])} (runs {names}, each with its seed)" if len(runs) > 1
+                         else f"{_run_command(runs[0])} (run {names})")
+        else:
+            parts.append(_run_command(runs[0]))
+    return "; ".join(parts)
 
 
 def _group(groups: list[Group], method: str, protocol: str) -> Group | None:

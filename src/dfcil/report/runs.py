@@ -45,6 +45,7 @@ class RunRecord:
     suite_file: str | None = None  # the suite file that made the run (as given to `dfcil suite`)
     adopted_from: str | None = None  # the run directory a suite copied this run from
     excluded: str | None = None
+    source_rank: int = 0  # index of the first path given to the report that holds this run
     synthesis_grids: list[tuple[int, Path]] = field(default_factory=list)
 
     @property
@@ -180,18 +181,24 @@ def find_runs(paths: list[Path]) -> list[RunRecord]:
     """Every run directory under ``paths`` (recursively; a path may be a run directory itself).
 
     Results are sorted by path and de-duplicated; a path that does not exist raises
-    ``DataError``.  Incomplete runs are returned too, with ``excluded`` set.
+    ``DataError``.  Incomplete runs are returned too, with ``excluded`` set.  Each run's
+    ``source_rank`` is the index in ``paths`` of the first path it was found under.
     """
-    seen: dict[Path, None] = {}
-    for path in paths:
+    seen: dict[Path, int] = {}
+    for rank, path in enumerate(paths):
         path = Path(path)
         if path.is_file() and path.name in (METRICS_FILE, CONFIG_FILE):
             path = path.parent
         if not path.is_dir():
             raise DataError(f"{path}: no such run directory or folder")
         for run_dir in _run_dirs_under(path):
-            seen.setdefault(run_dir.resolve(), None)
-    return exclude_copies([load_run(_relative_to_cwd(run_dir)) for run_dir in sorted(seen)])
+            seen.setdefault(run_dir.resolve(), rank)
+    records = []
+    for run_dir in sorted(seen):
+        record = load_run(_relative_to_cwd(run_dir))
+        record.source_rank = seen[run_dir]
+        records.append(record)
+    return exclude_copies(records)
 
 
 def _run_identity(record: RunRecord) -> tuple[str, ...] | None:
