@@ -14,6 +14,7 @@ from dfcil.cli import main
 from dfcil.errors import ConfigError
 from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
 import dfcil.suite
+from dfcil.runlock import hold_run_lock
 from dfcil.suite import adopt_runs, execute_suite, load_suite, run_state, select_runs, status_table, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +214,10 @@ def test_status_shows_where_each_run_stands(tmp_path, tiny_tree, capsys):
     assert lines[1].split() == ["seed-0", "complete", "done", "1.5", "61.25"]
     assert lines[2].split() == ["seed-1", "interrupted", "task", "2", "main", "epoch", "3", "1.5", "-"]
     assert lines[3].split() == ["seed-2", "new", "-", "-", "-"]
-    assert lines[-1] == f"1 complete, 1 interrupted, 1 new of 3 runs in {out}"
+    assert lines[-1] == f"1 complete, 0 running, 1 interrupted, 1 new of 3 runs in {out}"
+    with hold_run_lock(started):  # a process training it now
+        assert status_table(suite, out).splitlines()[2].split()[:2] == ["seed-1", "running"]
+    assert run_state(started) == "interrupted"
     assert main(["suite", str(suite_file), "-o", str(out), "--status"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["seed-0", "complete"]
     assert not (out / "seed-2").exists()  # --status starts nothing
@@ -226,3 +230,39 @@ def test_shipped_suites_are_valid():
         suite = load_suite(REPO / "suites" / f"{table}.yaml")
         assert len(suite.runs) == 3 * 6 * 3
         assert {run.labels["protocol"] for run in suite.runs} == set(protocols)
+
+
+def test_a_second_suite_leaves_runs_another_process_trains_alone(tmp_path, tiny_tree, monkeypatch, capsys):
+    """Two suites over one output (e.g. the command run twice): a run whose lock another process
+    holds is not started again, and its partners wait for it to end before they take its Omega."""
+    suite = load_suite(_write_suite(tmp_path, tiny_tree, "  method:\n    ft: {method.name: finetune}\n"
+                                    "    joint: {method.name: joint}\n  seed: [0]\n"))
+    out = tmp_path / "out"
+    joint_dir = out / "method-joint__seed-0"
+    started: list[tuple[str, bool]] = []  # name, whether the joint run was complete then
+    lock = hold_run_lock(joint_dir)
+    lock.__enter__()  # "another suite" trains the joint run
+    (joint_dir / "config.yaml").write_text("{}")
+    sleeps = []
+
+    def fake_sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 3:  # the other process ends the joint run
+            (joint_dir / "metrics.json").write_text(json.dumps({"complete": True}))
+            lock.__exit__(None, None, None)
+
+    class FakeProcess:
+        def __init__(self, command, stdout=None, stderr=None):
+            self.name = Path(command[command.index("-o") + 1]).name
+            started.append((self.name, run_state(joint_dir) == "complete"))
+
+        def poll(self):
+            (out / self.name / "metrics.json").write_text(json.dumps({"complete": True}))
+            return 0
+
+    monkeypatch.setattr(dfcil.suite.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(dfcil.suite.time, "sleep", fake_sleep)
+    outcome = execute_suite(suite, out, jobs=2)
+    assert outcome["running_elsewhere"] == ["method-joint__seed-0"] and outcome["done"] == ["method-ft__seed-0"]
+    assert started == [("method-ft__seed-0", True)]  # after the joint run ended, not beside it
+    assert "skip method-joint__seed-0: another process is training it" in capsys.readouterr().err

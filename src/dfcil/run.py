@@ -24,6 +24,7 @@ from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import ConfigError, RunDirError
 from dfcil.precision import fast_bf16_available
+from dfcil.runlock import hold_run_lock
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -147,9 +148,11 @@ def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None,
     """Load data, write the run's config and provenance, train, and return the metrics.
 
     In a multi-process run (``dist``) rank 0 writes ``run_dir``; the other ranks train into a
-    scratch directory that is deleted at the end."""
+    scratch directory that is deleted at the end.  Rank 0 holds the run directory's lock
+    (:mod:`dfcil.runlock`) throughout: a second process on the same directory stops at once."""
     if dist.is_main:
-        return _execute(config, run_dir, checkpoint, dist)
+        with hold_run_lock(run_dir):
+            return _execute(config, run_dir, checkpoint, dist)
     with tempfile.TemporaryDirectory(prefix=f"dfcil-rank{dist.rank}-") as scratch:
         return _execute(config, Path(scratch), checkpoint, dist)
 

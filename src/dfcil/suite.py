@@ -43,6 +43,7 @@ import yaml
 from dfcil.atomic import write_json
 from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
 from dfcil.errors import ConfigError
+from dfcil.runlock import is_run_locked
 
 SUITE_FILE = "suite.json"
 
@@ -170,7 +171,8 @@ def load_suite(path: Path) -> Suite:
 
 
 def run_state(run_dir: Path) -> str:
-    """``complete``, ``interrupted`` (resumable) or ``new``."""
+    """``complete``, ``running`` (a live process holds the run's lock), ``interrupted``
+    (resumable) or ``new``."""
     metrics = run_dir / "metrics.json"
     if metrics.exists():
         try:
@@ -178,6 +180,8 @@ def run_state(run_dir: Path) -> str:
                 return "complete"
         except ValueError:
             pass
+    if is_run_locked(run_dir):
+        return "running"
     return "interrupted" if (run_dir / "config.yaml").exists() else "new"
 
 
@@ -246,7 +250,7 @@ def adopt_runs(suite: Suite, out: Path, sources: list[Path]) -> list[tuple[str, 
 
 
 def run_progress(run_dir: Path) -> dict[str, Any]:
-    """Where one suite run stands: ``state`` (complete / interrupted / new), ``at`` (the last
+    """Where one suite run stands: ``state`` (complete / running / interrupted / new), ``at`` (the last
     logged epoch, e.g. ``task 2 main epoch 7``), ``minutes`` (wall time of a complete run, else
     the summed time of its logged epochs; generator training not counted) and ``last_accuracy``."""
     state = run_state(run_dir)
@@ -288,7 +292,7 @@ def status_table(suite: Suite, out: Path) -> str:
                      "-" if not isinstance(accuracy, (int, float)) else f"{accuracy:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.append(", ".join(f"{counts.get(state, 0)} {state}" for state in ("complete", "interrupted", "new"))
+    lines.append(", ".join(f"{counts.get(state, 0)} {state}" for state in ("complete", "running", "interrupted", "new"))
                  + f" of {len(suite.runs)} runs in {out}")
     return "\n".join(lines)
 
@@ -330,19 +334,29 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int | None:
 
 def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False) -> dict[str, list[str]]:
     """Run every run of ``suite`` not yet complete; return the names by outcome
-    (``skipped``, ``done``, ``failed``). Console output of each run: ``<out>/logs/<name>.log``.
+    (``skipped``, ``done``, ``failed``, ``running_elsewhere``: runs another process was training,
+    e.g. a second suite over the same output, left to it). Console output of each run: ``<out>/logs/<name>.log``.
 
     Joint runs start first; any other run starts as soon as a job slot is free and its partner
     joint run (the one that gives its Omega) has ended, so no slot idles while a joint runs."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    outcome: dict[str, list[str]] = {"skipped": [], "done": [], "failed": []}
+    outcome: dict[str, list[str]] = {"skipped": [], "done": [], "failed": [], "running_elsewhere": []}
     joints = suite.joint_runs
     pending = []
-    for run in [run for run in suite.runs if run.is_joint] + [run for run in suite.runs if not run.is_joint]:
-        if run_state(out / run.name) == "complete":
+
+    def set_aside(run: SuiteRun) -> bool:
+        """Whether ``run`` is complete or trained by another process (recorded in ``outcome``)."""
+        state = run_state(out / run.name)
+        if state == "complete":
             outcome["skipped"].append(run.name)
-        else:
+        elif state == "running":
+            outcome["running_elsewhere"].append(run.name)
+            print(f"[suite] skip {run.name}: another process is training it", file=sys.stderr, flush=True)
+        return state in ("complete", "running")
+
+    for run in [run for run in suite.runs if run.is_joint] + [run for run in suite.runs if not run.is_joint]:
+        if not set_aside(run):
             pending.append(run)
     threads = threads_per_job(jobs)
     if dry_run:
@@ -353,8 +367,10 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False)
 
     def waiting(run: SuiteRun) -> bool:
         partner = None if run.is_joint else _partner_joint(run, joints)
+        if partner is None:
+            return False
         unfinished = {item.name for item in pending} | {item[0].name for item in active}
-        return partner is not None and partner.name in unfinished
+        return partner.name in unfinished or run_state(out / partner.name) == "running"
 
     while pending or active:
         while len(active) < jobs:
@@ -362,6 +378,8 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False)
             if run is None:
                 break
             pending.remove(run)
+            if set_aside(run):  # another suite got to it while this one waited
+                continue
             run_dir = out / run.name
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / SUITE_FILE, _suite_record(suite, run))

@@ -1,0 +1,59 @@
+"""One process per run directory (dfcil.runlock)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dfcil.cli import main
+from dfcil.errors import RunDirError
+from dfcil.runlock import LOCK_FILE, hold_run_lock, is_run_locked
+
+
+def test_lock_is_exclusive_released_and_names_its_owner(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert not is_run_locked(run_dir)
+    with hold_run_lock(run_dir):
+        assert is_run_locked(run_dir)
+        assert "pid" in (run_dir / LOCK_FILE).read_text()
+        with pytest.raises(RunDirError, match=r"run is being trained by pid \d+ on .*: wait for it"):
+            with hold_run_lock(run_dir):
+                pass
+    assert not is_run_locked(run_dir)
+    with hold_run_lock(run_dir):  # free again
+        pass
+
+
+def test_lock_of_a_process_that_died_is_free(tmp_path):
+    run_dir = tmp_path / "run"
+    code = ("import os, sys; from dfcil.runlock import hold_run_lock\n"
+            f"with hold_run_lock({str(run_dir)!r}):\n    os._exit(0)  # killed mid-run: no clean-up\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (run_dir / LOCK_FILE).exists() and not is_run_locked(run_dir)
+
+
+def test_a_directory_made_for_a_failed_run_is_removed(tmp_path):
+    run_dir = tmp_path / "new" / "run"
+    with pytest.raises(ValueError):
+        with hold_run_lock(run_dir):
+            raise ValueError("data missing")
+    assert not run_dir.exists()
+    kept = tmp_path / "kept"
+    with hold_run_lock(kept):
+        (kept / "config.yaml").write_text("{}")
+    assert (kept / "config.yaml").exists()
+
+
+def test_dfcil_run_refuses_a_directory_in_use(tmp_path, capsys):
+    config = Path(__file__).resolve().parents[1] / "configs" / "mini.yaml"
+    run_dir = tmp_path / "busy"
+    with hold_run_lock(run_dir):
+        (run_dir / "notes.txt").write_text("x")
+        assert main(["run", str(config), "-o", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dfcil: error: {run_dir} is being trained by pid")
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE, "notes.txt"]  # nothing written
