@@ -57,3 +57,23 @@ def test_dfcil_run_refuses_a_directory_in_use(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"dfcil: error: {run_dir} is being trained by pid")
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE, "notes.txt"]  # nothing written
+
+
+def test_unwritable_directory_and_unlockable_file_system(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import dfcil.runlock as runlock
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunDirError, match="cannot write to run directory .*file/run"):
+        with hold_run_lock(blocker / "run"):
+            pass
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    with hold_run_lock(tmp_path / "nfs"):
+        (tmp_path / "nfs" / "config.yaml").write_text("{}")
+    assert "cannot lock" in capsys.readouterr().err and (tmp_path / "nfs" / "config.yaml").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,27 +48,44 @@ def hold_run_lock(run_dir: Path) -> Iterator[None]:
         return
     run_dir = Path(run_dir)
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock_file = run_dir / LOCK_FILE
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"{run_dir} is being trained by {_owner(lock_file)}: wait for it to end "
-                              "or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise RunDirError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
+    try:
+        locked = _lock(fd, lock_file, run_dir)
+        if locked:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if locked:
+                os.ftruncate(fd, 0)
             if created and [entry.name for entry in run_dir.iterdir()] == [LOCK_FILE]:
                 lock_file.unlink()
                 run_dir.rmdir()
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _lock(fd: int, lock_file: Path, run_dir: Path) -> bool:
+    """Take the exclusive lock on ``fd``: True when held, False (with a warning) on a file system
+    without locks (some network mounts); :class:`RunDirError` when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunDirError(f"{run_dir} is being trained by {_owner(lock_file)}: wait for it to end "
+                          "or stop it first") from None
+    except OSError as error:
+        print(f"[dfcil] warning: cannot lock {lock_file} ({error.strerror or error}); "
+              "nothing stops a second process from training this run directory", file=sys.stderr)
+        return False
+    return True
 
 
 def is_run_locked(run_dir: Path) -> bool:
