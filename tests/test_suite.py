@@ -214,6 +214,16 @@ def test_status_shows_where_each_run_stands(tmp_path, tiny_tree, capsys):
     assert lines[1].split() == ["seed-0", "complete", "done", "1.5", "61.25"]
     assert lines[2].split() == ["seed-1", "interrupted", "task", "2", "main", "epoch", "3", "1.5", "-"]
     assert lines[3].split() == ["seed-2", "new", "-", "-", "-"]
+    # generator training counts too: 200 steps at 2/s (a first attempt cut off at step 100 at
+    # 1/s, then the resumed run's attempt), then 30 delegator iterations at 0.5/s
+    with open(started / "log.jsonl", "a") as log:
+        for record in ({"event": "synthesis", "task": 3, "step": 100, "steps_per_s": 1.0},
+                       {"event": "synthesis", "task": 3, "step": 100, "steps_per_s": 2.0},
+                       {"event": "synthesis", "task": 3, "step": 200, "steps_per_s": 2.0},
+                       {"event": "delegator", "task": 3, "iteration": 30, "iterations_per_s": 0.5}):
+            log.write(json.dumps(record) + "\n")
+    assert status_table(suite, out).splitlines()[2].split() == [
+        "seed-1", "interrupted", "task", "3", "delegator", "iteration", "30", "5.8", "-"]  # (90 + 100 + 100 + 60) s / 60
     assert lines[-1] == f"1 complete, 0 running, 1 interrupted, 1 new of 3 runs in {out}"
     with hold_run_lock(started):  # a process training it now
         assert status_table(suite, out).splitlines()[2].split()[:2] == ["seed-1", "running"]

@@ -249,10 +249,15 @@ def adopt_runs(suite: Suite, out: Path, sources: list[Path]) -> list[tuple[str, 
     return adopted
 
 
+GENERATOR_EVENTS = {"synthesis": ("step", "steps_per_s", "generator step"),
+                    "delegator": ("iteration", "iterations_per_s", "delegator iteration")}
+
+
 def run_progress(run_dir: Path) -> dict[str, Any]:
     """Where one suite run stands: ``state`` (complete / running / interrupted / new), ``at`` (the last
-    logged epoch, e.g. ``task 2 main epoch 7``), ``minutes`` (wall time of a complete run, else
-    the summed time of its logged epochs; generator training not counted) and ``last_accuracy``."""
+    logged epoch or generator step, e.g. ``task 2 main epoch 7``, ``task 3 generator step 200``),
+    ``minutes`` (wall time of a complete run, else the summed time of its logged epochs and
+    generator training, as far as logged) and ``last_accuracy``."""
     state = run_state(run_dir)
     progress: dict[str, Any] = {"state": state, "at": "-", "minutes": None, "last_accuracy": None}
     seconds = 0.0
@@ -260,14 +265,33 @@ def run_progress(run_dir: Path) -> dict[str, Any]:
         lines = (run_dir / "log.jsonl").read_text().splitlines()
     except OSError:
         lines = []
+    # a generator phase logs its step count and rate since its start: its time is count / rate at
+    # its last record; a count that falls (or another phase) starts a new phase (e.g. after a resume)
+    phase: tuple[Any, ...] | None = None
+    phase_count, phase_seconds = 0.0, 0.0
     for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("event") == "epoch":
+        event = record.get("event")
+        if event == "epoch":
             progress["at"] = f"task {record.get('task')} {record.get('phase')} epoch {record.get('epoch')}"
             seconds += float(record.get("time_s") or 0.0)
+        elif event in GENERATOR_EVENTS:
+            count_key, rate_key, name = GENERATOR_EVENTS[event]
+            count, rate = record.get(count_key), record.get(rate_key)
+            if not isinstance(count, (int, float)):
+                continue
+            key = (event, record.get("task"))
+            if key != phase or count <= phase_count:
+                seconds += phase_seconds
+                phase_seconds = 0.0
+            phase, phase_count = key, float(count)
+            if isinstance(rate, (int, float)) and rate > 0:
+                phase_seconds = count / rate
+            progress["at"] = f"task {record.get('task')} {name} {count}"
+    seconds += phase_seconds
     if seconds:
         progress["minutes"] = seconds / 60
     if state == "complete":
