@@ -467,7 +467,14 @@ def test_a_path_given_first_supersedes_same_seed_runs_of_later_paths(tmp_path):
     suite = {"suite": "mini", "suite_file": "suites/mini.yaml", "labels": {"method": "abd", "seed": "1"}}
     write_run(tmp_path / "suite", "method-abd__seed-1", "abd", 1, [80.0, 50.0, 40.0, 30.0], suite=suite)
     write_run(tmp_path / "old", "joint-s0", "joint", 0, [90.0, 80.0, 70.0, 68.0])
-    write_run(tmp_path / "old", "abd-s0", "abd", 0, [80.0, 50.0, 40.0, 32.0])
+    old_abd = write_run(tmp_path / "old", "abd-s0", "abd", 0, [80.0, 50.0, 40.0, 32.0])
+    config = yaml.safe_load((old_abd / "config.yaml").read_text())
+    config["train"]["precision"] = "bf16"  # an older run: its config names the precision
+    (old_abd / "config.yaml").write_text(yaml.safe_dump(config))
+    new_abd = tmp_path / "suite" / "method-abd__seed-1" / "run.json"
+    info = json.loads(new_abd.read_text())
+    info["sessions"][0]["precision"] = "fp32"  # a newer run: run.json records what `auto` chose
+    new_abd.write_text(json.dumps(info))
 
     records = find_runs([tmp_path / "suite", tmp_path / "old"])
     exclude_superseded(records)
@@ -481,8 +488,9 @@ def test_a_path_given_first_supersedes_same_seed_runs_of_later_paths(tmp_path):
     assert (stats["joint"].mean, stats["joint"].n) == (60.5, 2)  # not 68.0 averaged in
     assert (stats["abd"].mean, stats["abd"].n) == (31.0, 2)  # the old seed 0 beside the suite's seed 1
     text = render_reproducibility(groups, [], "dfcil report x")
-    assert ("Command: `dfcil run mini.yaml -o abd-s0 <&>` (run abd-s0); `dfcil suite suites/mini.yaml` "
-            "(run method-abd__seed-1).") in text
+    assert ("Precision: bf16 (seed 0), fp32 (seed 1). Command: `dfcil run mini.yaml -o abd-s0 <&>` (run abd-s0); "
+            "`dfcil suite suites/mini.yaml` (run method-abd__seed-1).") in text
+    assert "Precision: unknown (seeds 0, 1)." in text  # joint: neither says
 
     # the other order: the old folder's run wins
     records = find_runs([tmp_path / "old", tmp_path / "suite"])

@@ -142,6 +142,20 @@ def machine_label(machine: Any) -> str:
     return ", ".join(parts)
 
 
+def run_precision(record: RunRecord) -> str:
+    """The precision the run trained in: its sessions' ``precision`` (``run.json``; several joined
+    by ``+``), else an explicit ``train.precision`` of its config, else ``"unknown"``."""
+    found: list[str] = []
+    for session in sessions(record):
+        value = session.get("precision")
+        if value and str(value) not in found:
+            found.append(str(value))
+    if found:
+        return "+".join(found)
+    configured = _section(record.config, "train").get("precision")
+    return str(configured) if configured in ("bf16", "fp32", "fp16") else "unknown"
+
+
 def natural_key(text: str) -> list[Any]:
     """Sort key that orders embedded numbers numerically (``N=4`` before ``N=10``)."""
     return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text)]
