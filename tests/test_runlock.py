@@ -23,9 +23,10 @@ def test_lock_is_exclusive_released_and_names_its_owner(tmp_path):
         with pytest.raises(RunDirError, match=r"run is being trained by pid \d+ on .*: wait for it"):
             with hold_run_lock(run_dir):
                 pass
-    assert not is_run_locked(run_dir)
+    assert not is_run_locked(run_dir) and not (run_dir / LOCK_FILE).exists()  # removed on release
     with hold_run_lock(run_dir):  # free again
         pass
+    assert list(run_dir.iterdir()) == []  # an existing directory stays, even empty
 
 
 def test_lock_of_a_process_that_died_is_free(tmp_path):
@@ -56,7 +57,7 @@ def test_dfcil_run_refuses_a_directory_in_use(tmp_path, capsys):
         assert main(["run", str(config), "-o", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"dfcil: error: {run_dir} is being trained by pid")
-    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE, "notes.txt"]  # nothing written
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]  # nothing written, the lock gone
 
 
 def test_unwritable_directory_and_unlockable_file_system(tmp_path, monkeypatch, capsys):
@@ -77,3 +78,25 @@ def test_unwritable_directory_and_unlockable_file_system(tmp_path, monkeypatch, 
     with hold_run_lock(tmp_path / "nfs"):
         (tmp_path / "nfs" / "config.yaml").write_text("{}")
     assert "cannot lock" in capsys.readouterr().err and (tmp_path / "nfs" / "config.yaml").exists()
+
+
+def test_a_lock_file_replaced_while_locking_is_opened_again(tmp_path, monkeypatch):
+    """The holder released (and removed) the file between our open and our flock, and a third
+    process made a new one: the lock must be taken on the file the path names now."""
+    import dfcil.runlock as runlock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    real_flock, calls = runlock.fcntl.flock, []
+
+    def racing_flock(fd, operation):
+        if not calls:
+            calls.append(fd)
+            (run_dir / LOCK_FILE).unlink()
+            (run_dir / LOCK_FILE).write_text("")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(runlock.fcntl, "flock", racing_flock)
+    with hold_run_lock(run_dir):
+        monkeypatch.setattr(runlock.fcntl, "flock", real_flock)
+        assert len(calls) == 1 and is_run_locked(run_dir)

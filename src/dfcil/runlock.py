@@ -4,7 +4,7 @@
 ``dfcil run --resume`` of the same directory (or a second suite over the same output) stops with
 a one-line error instead of training into the same files. The operating system drops the lock
 when the process ends, however it ends, so no stale lock outlives a killed run. The file holds the
-owner's pid and host for the error message. Where ``fcntl`` is missing (Windows) runs are not
+owner's pid and host for the error message and is removed when the run ends. Where ``fcntl`` is missing (Windows) runs are not
 locked.
 """
 
@@ -37,11 +37,12 @@ def _owner(lock_file: Path) -> str:
 
 @contextmanager
 def hold_run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock for the ``with`` block (creating ``run_dir`` if needed;
-    a directory created here that holds nothing but the lock at the end is removed again, so a
-    run that fails before writing anything leaves nothing behind).
+    """Hold the run directory's lock for the ``with`` block (creating ``run_dir`` if needed).
 
-    Raises :class:`RunDirError` when another live process holds it.
+    The lock file exists only while it is held: it is removed on release (after a crash a file
+    nobody holds may stay; it does not block anyone). A directory created here that is empty at
+    the end is removed again, so a run that fails before writing anything leaves nothing behind.
+    Raises :class:`RunDirError` when another live process holds the lock.
     """
     if fcntl is None:  # pragma: no cover
         yield
@@ -51,41 +52,49 @@ def hold_run_lock(run_dir: Path) -> Iterator[None]:
     lock_file = run_dir / LOCK_FILE
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise RunDirError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
+    fd, locked = _acquire(lock_file, run_dir)
     try:
-        locked = _lock(fd, lock_file, run_dir)
         if locked:
-            os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        try:
-            yield
-        finally:
-            if locked:
-                os.ftruncate(fd, 0)
-            if created and [entry.name for entry in run_dir.iterdir()] == [LOCK_FILE]:
-                lock_file.unlink()
-                run_dir.rmdir()
-            if locked:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
+        if locked:
+            lock_file.unlink(missing_ok=True)  # while still held: no one can lock the old file after this
+        os.close(fd)  # releases the lock
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+def _acquire(lock_file: Path, run_dir: Path) -> tuple[int, bool]:
+    """Open and lock ``lock_file``: ``(fd, True)`` when held, ``(fd, False)`` (with a warning) on a
+    file system without locks (some network mounts); :class:`RunDirError` when another process
+    holds it. Retries when the file was removed or replaced between opening and locking it (its
+    holder released it), so two processes never hold locks on different files of one path."""
+    while True:
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise RunDirError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(f"{run_dir} is being trained by {_owner(lock_file)}: wait for it to end "
+                              "or stop it first") from None
+        except OSError as error:
+            print(f"[dfcil] warning: cannot lock {lock_file} ({error.strerror or error}); "
+                  "nothing stops a second process from training this run directory", file=sys.stderr)
+            return fd, False
+        try:
+            same = os.stat(lock_file).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            return fd, True
         os.close(fd)
-
-
-def _lock(fd: int, lock_file: Path, run_dir: Path) -> bool:
-    """Take the exclusive lock on ``fd``: True when held, False (with a warning) on a file system
-    without locks (some network mounts); :class:`RunDirError` when another process holds it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise RunDirError(f"{run_dir} is being trained by {_owner(lock_file)}: wait for it to end "
-                          "or stop it first") from None
-    except OSError as error:
-        print(f"[dfcil] warning: cannot lock {lock_file} ({error.strerror or error}); "
-              "nothing stops a second process from training this run directory", file=sys.stderr)
-        return False
-    return True
 
 
 def is_run_locked(run_dir: Path) -> bool:
