@@ -63,6 +63,48 @@ def assert_close(a: dict, b: dict) -> None:
         assert abs(x - y) <= TOLERANCE, (a["accuracy_per_step"], b["accuracy_per_step"])
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torchrun starts its workers in sessions of their own, so
+    killing torchrun's process group leaves them running)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = stat[1]
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a run and all its processes, and wait until none of them lives (a zombie holds no
+    files, so the run directory's lock is free then)."""
+    pids = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGKILL)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    deadline = time.time() + 60
+    while any((stat := _stat(pid)) is not None and stat[0] != "Z" for pid in pids):
+        assert time.time() < deadline, "killed processes still running"
+        time.sleep(0.05)
+
+
 def interrupt_then_resume(first: int, then: int, run_dir: Path, env: dict[str, str]) -> None:
     """Start a run with ``first`` processes, kill it in the middle of task 2, resume with ``then``."""
     process = subprocess.Popen(command(first, ["run", str(SMOKE), "-o", str(run_dir), *ARGS]), env=env,
@@ -72,8 +114,7 @@ def interrupt_then_resume(first: int, then: int, run_dir: Path, env: dict[str, s
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
         assert time.time() < deadline
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_tree(process)
     assert not metrics(run_dir)["complete"]
     run(then, ["run", "--resume", str(run_dir)], env)
     sessions = json.loads((run_dir / "run.json").read_text())["sessions"]
