@@ -4,8 +4,8 @@
 ``dfcil run --resume`` of the same directory (or a second suite over the same output) stops with
 a one-line error instead of training into the same files. The operating system drops the lock
 when the process ends, however it ends, so no stale lock outlives a killed run. The file holds the
-owner's pid and host for the error message and is removed when the run ends. Where ``fcntl`` is missing (Windows) runs are not
-locked.
+owner's pid and host for the error message and is removed when the run ends. Where ``fcntl`` is
+missing (Windows) runs are not locked.
 """
 
 from __future__ import annotations
