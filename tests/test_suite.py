@@ -15,7 +15,8 @@ from dfcil.errors import ConfigError
 from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
 import dfcil.suite
 from dfcil.runlock import hold_run_lock
-from dfcil.suite import adopt_runs, execute_suite, load_suite, run_state, select_runs, status_table, threads_per_job
+from dfcil.suite import (adopt_runs, estimate_time_left, execute_suite, load_suite, run_state, select_runs,
+                         status_table, threads_per_job)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -224,13 +225,60 @@ def test_status_shows_where_each_run_stands(tmp_path, tiny_tree, capsys):
             log.write(json.dumps(record) + "\n")
     assert status_table(suite, out).splitlines()[2].split() == [
         "seed-1", "interrupted", "task", "3", "delegator", "iteration", "30", "5.8", "-"]  # (90 + 100 + 100 + 60) s / 60
-    assert lines[-1] == f"1 complete, 0 running, 1 interrupted, 1 new of 3 runs in {out}"
+    assert lines[-2] == f"1 complete, 0 running, 1 interrupted, 1 new of 3 runs in {out}"
+    assert lines[-1] == "time left: about 2 min of run time in 2 runs, from the complete runs here that differ only in seed"
     with hold_run_lock(started):  # a process training it now
         assert status_table(suite, out).splitlines()[2].split()[:2] == ["seed-1", "running"]
     assert run_state(started) == "interrupted"
     assert main(["suite", str(suite_file), "-o", str(out), "--status"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["seed-0", "complete"]
     assert not (out / "seed-2").exists()  # --status starts nothing
+
+
+def test_time_left_is_estimated_from_complete_runs_that_differ_only_in_seed(tmp_path, tiny_tree, capsys):
+    suite_file = _write_suite(tmp_path, tiny_tree, "  method:\n    ft: {method.name: finetune}\n"
+                              "    lwf: {method.name: lwf}\n    joint: {method.name: joint}\n  seed: [0, 1, 2, 3]\n")
+    suite = load_suite(suite_file)
+    out = tmp_path / "out"
+
+    def complete(name: str, minutes: float, adopted: bool = False) -> None:
+        _fake_complete_run(out / name, {}, 50.0)
+        (out / name / "metrics.json").write_text(json.dumps({"complete": True, "wall_time_s": 60.0 * minutes}))
+        if adopted:
+            (out / name / "suite.json").write_text(json.dumps({"adopted_from": "elsewhere"}))
+
+    complete("method-ft__seed-0", 40.0)
+    complete("method-ft__seed-1", 60.0)
+    complete("method-ft__seed-2", 200.0)  # median of 40, 60, 200: 60
+    complete("method-lwf__seed-0", 10.0, adopted=True)  # timed elsewhere: no estimate for lwf
+    for seed in range(4):
+        complete(f"method-joint__seed-{seed}", 30.0)
+    interrupted = out / "method-ft__seed-3"
+    interrupted.mkdir()
+    (interrupted / "config.yaml").write_text("{}")
+    (interrupted / "log.jsonl").write_text(
+        json.dumps({"event": "epoch", "task": 1, "phase": "main", "epoch": 1, "time_s": 900.0}) + "\n")
+    left = estimate_time_left(suite, out)
+    assert left.minutes == pytest.approx(60.0 - 15.0) and left.estimated == 1
+    assert left.unknown == ("method-lwf__seed-1", "method-lwf__seed-2", "method-lwf__seed-3")
+    complete("method-lwf__seed-1", 100.0)
+    complete("method-lwf__seed-2", 140.0)  # median of 100, 140: 120 for lwf seed 3
+    left = estimate_time_left(suite, out)
+    assert left.minutes == pytest.approx(45.0 + 120.0) and left.estimated == 2 and left.unknown == ()
+    assert status_table(suite, out, jobs=2).splitlines()[-1] == (
+        "time left: about 2.8 h of run time in 2 runs (1.4 h of wall time at --jobs 2), "
+        "from the complete runs here that differ only in seed")
+    (interrupted / "log.jsonl").write_text(
+        json.dumps({"event": "epoch", "task": 2, "phase": "main", "epoch": 9, "time_s": 6000.0}) + "\n")
+    assert estimate_time_left(suite, out).minutes == pytest.approx(120.0)  # past its estimate: 0 left
+    selected = select_runs(suite, ["method-lwf__seed-3"])
+    assert main(["suite", str(suite_file), "-o", str(out), "--status", "--only", "method-lwf__seed-3"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (  # the other lwf runs outside the selection count
+        "time left: about 2.0 h of run time in 1 runs, from the complete runs here that differ only in seed")
+    assert estimate_time_left(selected, out).unknown == ("method-lwf__seed-3",)  # without the grid
+    complete("method-lwf__seed-3", 1.0)
+    complete("method-ft__seed-3", 1.0)
+    assert status_table(suite, out).splitlines()[-1] == "time left: none, every run is complete"
 
 
 def test_shipped_suites_are_valid():

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="only the runs whose name matches this shell pattern, e.g. 'method-lwf__*' (repeatable)")
     suite.add_argument("--status", action="store_true",
                        help="print where every run stands (complete, interrupted or still running, new; last epoch, "
-                            "minutes, A_N) and start nothing")
+                            "minutes, A_N), the estimated time left (wall time at --jobs K) and start nothing")
     suite.add_argument("--adopt", type=Path, action="append", default=[], metavar="DIR",
                        help="copy complete runs under DIR whose config equals a suite run's instead of "
                             "running them (repeatable)")
@@ -122,10 +122,11 @@ def _run(args: argparse.Namespace) -> int:
 def _suite(args: argparse.Namespace) -> int:
     from dfcil.suite import adopt_runs, execute_suite, load_suite, select_runs, status_table
 
-    suite = select_runs(load_suite(args.suite), args.only)
+    grid = load_suite(args.suite)
+    suite = select_runs(grid, args.only)
     out = args.output or Path("runs") / "suites" / suite.name
     if args.status:
-        print(status_table(suite, out))
+        print(status_table(suite, out, jobs=args.jobs, grid=grid))
         return 0
     if args.adopt and not args.dry_run:
         for name, source in adopt_runs(suite, out, args.adopt):
