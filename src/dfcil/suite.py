@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -334,24 +335,28 @@ def estimate_time_left(suite: Suite, out: Path, progress: dict[str, dict[str, An
     running one needs that less the minutes it has logged (at least 0). ``progress`` maps run names
     to :func:`run_progress` results already computed; ``grid`` is the whole suite when ``suite`` is
     a selection (its other complete runs count too)."""
-    progress = dict(progress or {})
+    known_progress = dict(progress or {})
+
+    def progress_of(run: SuiteRun) -> dict[str, Any]:
+        if run.name not in known_progress:
+            known_progress[run.name] = run_progress(out / run.name)
+        return known_progress[run.name]
+
     durations: dict[tuple[tuple[str, str], ...], list[float]] = {}
     for run in (grid or suite).runs:
-        state = progress.setdefault(run.name, run_progress(out / run.name))
+        state = progress_of(run)
         if state["state"] == "complete" and state["minutes"] and not _is_adopted(out / run.name):
             durations.setdefault(_sibling_key(run), []).append(float(state["minutes"]))
     minutes, estimated, unknown = 0.0, 0, []
     for run in suite.runs:
-        state = progress.setdefault(run.name, run_progress(out / run.name))
+        state = progress_of(run)
         if state["state"] == "complete":
             continue
-        known = sorted(durations.get(_sibling_key(run), []))
+        known = durations.get(_sibling_key(run))
         if not known:
             unknown.append(run.name)
             continue
-        middle = len(known) // 2
-        expected = known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
-        minutes += max(expected - float(state["minutes"] or 0.0), 0.0)
+        minutes += max(statistics.median(known) - float(state["minutes"] or 0.0), 0.0)
         estimated += 1
     return TimeLeft(minutes, estimated, tuple(unknown))
 
