@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import coloured_dataset
@@ -170,3 +171,38 @@ def test_precision_auto_uses_bf16_only_where_it_is_native(monkeypatch):
     assert precision.resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(precision, "fast_bf16_available", lambda device: True)
     assert precision.resolve_precision("auto", cpu) == "bf16"
+
+
+def test_fixed_batch_prediction_pads_the_last_batch_without_changing_any_row(tmp_path):
+    from dfcil.engine.evaluate import predict
+
+    trainer = Trainer(tiny_config(), tmp_path, tiny_dataset())
+    trainer.model.add_head(2)
+    trainer.model.train()  # predict switches to eval mode (rows independent) and back
+    indices = trainer.test_data.indices_of(0, 2)
+    assert len(indices) % 5 != 0  # a short last batch
+    ragged = predict(trainer.model, trainer.test_data.store, indices, trainer.normalizer, trainer.env, 5)
+    fixed = predict(trainer.model, trainer.test_data.store, indices, trainer.normalizer, trainer.env, 5,
+                    fixed_batch=True)
+    assert trainer.model.training
+    for a, b in zip(ragged, fixed):
+        assert a.shape == b.shape and a.shape[0] == len(indices)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_backbone_trains_like_eager_and_saves_plain_checkpoints(tmp_path):
+    """train.compile: the same run (fp32, same seed) as eager within float tolerance, and
+    state_dict keys free of compile wrappers (checkpoints load into an eager model)."""
+    runs = {}
+    for compiled in (False, True):
+        trainer = Trainer(tiny_config(compile=compiled, epochs=1), tmp_path / str(compiled), tiny_dataset())
+        runs[compiled] = (trainer, trainer.run())
+    (eager, eager_metrics), (compiled, compiled_metrics) = runs[False], runs[True]
+    assert compiled.model.backbone._compiled_call_impl is not None  # compiled in place
+    assert eager.model.backbone._compiled_call_impl is None
+    assert compiled_metrics["complete"]
+    assert compiled_metrics["accuracy_per_step"] == pytest.approx(eager_metrics["accuracy_per_step"], abs=2.0)
+    state = compiled.model.state_dict()
+    assert list(state) == list(eager.model.state_dict())
+    for key, value in eager.model.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=1e-3, atol=1e-3, msg=key)

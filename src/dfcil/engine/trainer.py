@@ -182,7 +182,10 @@ class Trainer:
         if self.config.train.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.config.train.compile:
-            model.backbone.compile()  # in place: state_dict keys and growing heads are unaffected
+            # In place: state_dict keys and growing heads are unaffected. Static shapes: a batch
+            # size seen for the first time (the last batch of an epoch) compiles its own graph
+            # rather than turning every later step into a slower dynamic-shape graph.
+            model.backbone.compile(dynamic=False)
         return model
 
     def load_model(self, head_sizes: list[int], state: dict[str, torch.Tensor]) -> None:
@@ -321,7 +324,8 @@ class Trainer:
         """Accuracy (%) of ``model`` on the test images of the first ``num_classes`` classes."""
         indices = self.test_data.indices_of(0, num_classes)
         logits = self.dist.gather_rows(predict_logits(model, self.test_data.store, self.dist.shard(indices),
-                                                      self.normalizer, self.env, self.config.train.eval_batch_size))
+                                                      self.normalizer, self.env, self.config.train.eval_batch_size,
+                                                      fixed_batch=self.config.train.compile))
         labels = self.test_data.labels[indices]
         return 100.0 * float((logits[:, :num_classes].argmax(dim=1) == labels).float().mean())
 
@@ -330,7 +334,7 @@ class Trainer:
         start = time.perf_counter()
         logits, features = predict(
             self.model, self.test_data.store, self.dist.shard(indices), self.normalizer, self.env,
-            self.config.train.eval_batch_size,
+            self.config.train.eval_batch_size, fixed_batch=self.config.train.compile,
         )
         logits, features = self.dist.gather_rows(logits), self.dist.gather_rows(features)
         seconds = time.perf_counter() - start
