@@ -6,9 +6,10 @@ split (4 tasks of 5 classes, ResNet-32, batch 128, the engine's defaults: bf16 a
 native, channels_last) on random uint8 images - speed does not depend on the pixels - with a
 generator trained for only a few steps (its quality does not change the cost of a step). Then:
 
-* **training step**: one epoch of the task (2,500 real images, 20 steps) through the engine's own
-  loop (``Trainer._train_epoch``: batch augmentation, the method's loss terms, backward, SGD),
-  timed after a warm-up epoch; images/second counts real images only;
+* **training step**: epochs of the task (2,500 real images, 20 steps each) through the engine's
+  own loop (``Trainer._train_epoch``: batch augmentation, the method's loss terms, backward, SGD),
+  timed after a warm-up epoch; the median of ``--epochs`` (default 3) timed epochs is reported;
+  images/second counts real images only;
 * **FLOPs per step**: ``torch.utils.flop_counter.FlopCounterMode`` over one more epoch (forward
   and backward of every module the step runs: real and synthetic batches, the frozen old
   model, generator sampling), divided by the steps;
@@ -22,10 +23,13 @@ generator trained for only a few steps (its quality does not change the cost of 
 On a GPU the same is measured on the GPU (``runtime.device: auto``), with the peak measured on
 the GPU and the device synchronised before every clock read.
 
+``--compare-compile`` measures every method twice in the same run, as configured and with
+``train.compile=true``, so that the two columns share the machine's state.
+
 Usage::
 
-    python benchmarks/method_speed.py [--methods finetune lwf rdfcil ...] [--task 2]
-        [--set train.compile=true ...] [--out DIR | --no-write]
+    python benchmarks/method_speed.py [--methods finetune lwf rdfcil ...] [--task 2] [--epochs 3]
+        [--compare-compile] [--set train.compile=true ...] [--out DIR | --no-write]
 
 Writes ``DIR/method_speed.{json,md}`` (default ``benchmarks/results``, atomically) unless ``--no-write``.
 """
@@ -128,8 +132,9 @@ def timed_prepare(method: str, task_index: int, steps: int, dataset: DatasetArra
 
 
 def measure(method: str, task_index: int, generator_steps: int, dataset: DatasetArrays, work: Path,
-            extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Step time, FLOPs per step, generator and evaluation speed of one method."""
+            extra: tuple[str, ...] = (), epochs: int = 3) -> dict[str, Any]:
+    """Step time (median of ``epochs`` timed epochs), FLOPs per step, generator and evaluation
+    speed of one method."""
     trainer = Trainer(config_for(method, 2, extra), work / method, dataset)
     reach_task(trainer, task_index)
     task = trainer.scenario.tasks[task_index]
@@ -137,17 +142,20 @@ def measure(method: str, task_index: int, generator_steps: int, dataset: Dataset
     trainer.model.add_head(task.num_new)
     phase = trainer.method.phases(task)[0]
     optimizer, _ = trainer._optimizer(phase)
-    trainer._train_epoch(task, phase, 1, optimizer)  # warm-up (allocations, autotuning)
-    stats = trainer._train_epoch(task, phase, 2, optimizer)
+    trainer._train_epoch(task, phase, 1, optimizer)  # warm-up (allocations, autotuning, compilation)
+    timed = [trainer._train_epoch(task, phase, 2 + i, optimizer) for i in range(epochs)]
+    stats = sorted(timed, key=lambda s: s.seconds)[len(timed) // 2]
     steps = -(-stats.images // trainer.config.train.batch_size)
     with FlopCounterMode(display=False) as counter:
-        trainer._train_epoch(task, phase, 3, optimizer)
+        trainer._train_epoch(task, phase, 2 + epochs, optimizer)
     flops_per_step = counter.get_total_flops() / steps
     result: dict[str, Any] = {
         "method": method,
         "task": task_index + 1,
         "phase": phase.name,
+        "compiled": trainer.config.train.compile,
         "step_ms": 1000.0 * stats.seconds / steps,
+        "epoch_seconds": [s.seconds for s in timed],
         "images_per_s": stats.images / stats.seconds,
         "gflop_per_step": flops_per_step / 1e9,
         "gflops": flops_per_step / (stats.seconds / steps) / 1e9,
@@ -170,11 +178,12 @@ def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict
     precision = facts["precision"]
     peak = peaks[precision]
     rows = []
-    finetune = next((r for r in results if r["method"] == "finetune"), None)
     for r in results:
+        finetune = next((f for f in results if f["method"] == "finetune" and f["compiled"] == r["compiled"]), None)
         relative = f"{r['step_ms'] / finetune['step_ms']:.2f}x" if finetune else "-"
         generator = f"{r['generator_steps_per_s']:.2f}" if "generator_steps_per_s" in r else "-"
-        rows.append(f"| {r['method']} | {r['step_ms']:.0f} | {relative} | {r['images_per_s']:.0f} | "
+        name = f"{r['method']} (compiled)" if r["compiled"] else r["method"]
+        rows.append(f"| {name} | {r['step_ms']:.0f} | {relative} | {r['images_per_s']:.0f} | "
                     f"{r['gflop_per_step']:.1f} | {r['gflops']:.0f} | {100 * r['gflops'] / peak:.0f} % | "
                     f"{generator} | {r['eval_images_per_s']:.0f} |")
     return "\n".join([
@@ -197,7 +206,10 @@ def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict
         "GFLOP/step counts every forward and backward of the step (real and synthetic batches, frozen",
         "old model, generator sampling) with PyTorch's FlopCounterMode; generator steps/s is the",
         "method's own generator (or SKD's delegator: one iteration = 5 imitate + 1 explore step) at",
-        "batch 128 (MFGR: 128; ABD / R-DFCIL / DeepInversion: the real batch size).",
+        "batch 128 (MFGR: 128; ABD / R-DFCIL / DeepInversion: the real batch size). Step ms is the",
+        f"median of {facts['epochs']} timed epochs of 20 steps (19 of 128 images and one of 68) after a warm-up epoch;",
+        "(compiled) rows are the same measurement with `train.compile=true` (the backbones compiled",
+        "with static shapes; the warm-up epoch compiles every shape the timed ones meet).",
         "",
     ])
 
@@ -211,6 +223,9 @@ def main() -> int:
                         help="state the peak of the engine's precision (bf16 or fp32) instead of measuring it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every method (e.g. train.compile=true; repeatable)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per method; the median is reported")
+    parser.add_argument("--compare-compile", action="store_true",
+                        help="measure every method twice: as configured and with train.compile=true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                         help="where method_speed.{json,md} go (default benchmarks/results)")
     parser.add_argument("--no-write", action="store_true")
@@ -218,6 +233,8 @@ def main() -> int:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method {unknown[0]}")
+    if args.epochs < 1:
+        parser.error("--epochs must be >= 1")
     if args.peak_gflops is not None and args.peak_gflops <= 0:
         parser.error("--peak-gflops must be > 0")
     dataset = random_dataset()
@@ -235,13 +252,16 @@ def main() -> int:
         peaks[precision] = args.peak_gflops
     results = []
     with tempfile.TemporaryDirectory() as work:
+        variants = [extra, (*extra, "train.compile=true")] if args.compare_compile else [extra]
         for method in args.methods:
-            result = measure(method, args.task - 1, args.generator_steps, dataset, Path(work), extra)
-            results.append(result)
-            print(result, flush=True)
+            for index, overrides in enumerate(variants):
+                result = measure(method, args.task - 1, args.generator_steps, dataset,
+                                 Path(work) / str(index), overrides, args.epochs)
+                results.append(result)
+                print(result, flush=True)
     facts = {"commit": git_commit(ROOT / "src" / "dfcil"), "machine": machine_description(str(device)),
              "device": str(device), "precision": precision, "peak_stated": args.peak_gflops is not None,
-             "overrides": list(extra)}
+             "overrides": list(extra), "epochs": args.epochs}
     text = markdown(results, peaks, facts)
     print(text)
     if not args.no_write:
