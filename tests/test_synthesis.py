@@ -161,3 +161,22 @@ def test_data_free_methods_end_to_end(method, cifar, tmp_path, capsys):
     assert last["method"]["synthesizer"] is None
     files = [p.name for p in run_dir.rglob("*") if p.is_file()]
     assert not any("generator" in name for name in files), files
+
+
+def test_channels_last_generator_computes_the_same_images_and_gradients():
+    plain = build_generator(32)
+    nhwc = build_generator(32, channels_last=True)
+    nhwc.load_state_dict(plain.state_dict())  # same keys and values, NHWC memory kept
+    assert nhwc.blocks[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(nhwc.state_dict()) == list(plain.state_dict())
+    z = torch.randn(8, 1000)
+    outputs = []
+    for generator in (plain, nhwc):
+        generator.train()
+        out = generator(z)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs.append((out, generator.blocks[1].weight.grad))
+    (a, grad_a), (b, grad_b) = outputs
+    assert b.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-3, atol=1e-3)

@@ -128,7 +128,7 @@ class Synthesizer:
 
     # ------------------------------------------------------------------------------------------
     def _new_generator(self) -> Generator:
-        generator = build_generator(self.image_size, self.options.z_dim, self.options.bn_eps).to(self.device)
+        generator = build_generator(self.image_size, self.options.z_dim, self.options.bn_eps, self.channels_last).to(self.device)
         return generator
 
     def train(self, old_model: IncrementalClassifier, num_old: int, log: Callable[[dict[str, Any]], None],
