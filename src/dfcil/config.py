@@ -105,7 +105,7 @@ class TrainConfig:
     # (AVX-512 BF16 / AMX CPUs, recent GPUs), else fp32 (see dfcil.precision)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
-    compile: bool = False  # torch.compile the backbone (about +7 % on the 2-core CPU; slow first steps)
+    compile: bool = False  # torch.compile the backbone, static shapes (finetune step about +7 % on a 2-core CPU; each new shape compiles)
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
