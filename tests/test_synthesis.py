@@ -179,4 +179,5 @@ def test_channels_last_generator_computes_the_same_images_and_gradients():
     (a, grad_a), (b, grad_b) = outputs
     assert b.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(grad_a, grad_b, rtol=1e-3, atol=1e-3)
+    # gradients reach a few hundred here; summation order differs between layouts and thread counts
+    assert ((grad_a - grad_b).norm() / grad_a.norm()).item() < 1e-4
