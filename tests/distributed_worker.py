@@ -77,6 +77,7 @@ def main() -> None:
     if dist.is_main:
         with open(sys.argv[1], "w") as handle:
             json.dump(diffs, handle)
+    dist.barrier()  # both ranks done before the group is torn down (gloo can abort otherwise)
     dist.close()
 
 

@@ -103,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         run_dir = dist.broadcast_object(run_dir)  # one directory even if the ranks' clocks differ
         metrics = execute(config, run_dir, checkpoint, dist)
+        dist.barrier()  # every rank done before the group is torn down (gloo can abort otherwise)
     finally:
         dist.close()
     if not dist.is_main:
