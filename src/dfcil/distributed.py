@@ -21,6 +21,8 @@ identity, so single-process numerics are exactly those of a run without this mod
 
 from __future__ import annotations
 
+import gc
+
 import datetime
 import os
 from dataclasses import dataclass
@@ -116,8 +118,10 @@ class Distributed:
         return requested
 
     def close(self) -> None:
-        """Leave the process group (no-op for one process)."""
+        """Leave the process group (no-op for one process). DDP wrappers still waiting in reference
+        cycles are collected first, so that none outlives the group it talks through."""
         if self.enabled and torch_dist.is_initialized():
+            gc.collect()
             torch_dist.destroy_process_group()
 
     # --- sharding -------------------------------------------------------------------------------
