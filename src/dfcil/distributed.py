@@ -21,9 +21,8 @@ identity, so single-process numerics are exactly those of a run without this mod
 
 from __future__ import annotations
 
-import gc
-
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar

@@ -114,7 +114,8 @@ class KnowledgeDelegator:
         of the global batch."""
         opts = self.options
         if self.generator is None or not opts.continual:
-            self.generator = build_generator(self.image_size, opts.z_dim, opts.bn_eps, self.channels_last).to(self.device)
+            self.generator = build_generator(self.image_size, opts.z_dim, opts.bn_eps,
+                                             self.channels_last).to(self.device)
         delegator = self.generator
         teacher.eval()
         student.train()
@@ -206,6 +207,7 @@ class KnowledgeDelegator:
         if state is None:
             self.generator = None
             return
-        self.generator = build_generator(self.image_size, self.options.z_dim, self.options.bn_eps, self.channels_last).to(self.device)
+        self.generator = build_generator(self.image_size, self.options.z_dim, self.options.bn_eps,
+                                         self.channels_last).to(self.device)
         self.generator.load_state_dict(state)
         self.generator.eval()

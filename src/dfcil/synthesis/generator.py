@@ -25,8 +25,8 @@ class Generator(nn.Module):
         super().__init__()
         # channels_last: convolution weights and activations in NHWC memory (same values, same
         # state_dict). On CPUs oneDNN then skips the NCHW <-> blocked reorders around every conv:
-        # a batch of 128 32-px images takes about 45 % less time to sample on a 2-core Zen 4
-        # (and fwd+bwd about 25 % less).
+        # sampling 128 32-px images takes about half the time on a 2-core Zen 4, fwd+bwd about
+        # a quarter less (benchmarks/generator_layout.py).
         self.channels_last = channels_last
         self.z_dim = z_dim
         self.init_size = init_size

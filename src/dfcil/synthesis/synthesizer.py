@@ -128,8 +128,8 @@ class Synthesizer:
 
     # ------------------------------------------------------------------------------------------
     def _new_generator(self) -> Generator:
-        generator = build_generator(self.image_size, self.options.z_dim, self.options.bn_eps, self.channels_last).to(self.device)
-        return generator
+        return build_generator(self.image_size, self.options.z_dim, self.options.bn_eps,
+                               self.channels_last).to(self.device)
 
     def train(self, old_model: IncrementalClassifier, num_old: int, log: Callable[[dict[str, Any]], None],
               batch_size: int, progress: Callable[[int], None] | None = None) -> dict[str, float]:
