@@ -15,6 +15,12 @@
 # $OUT/suite.tar.gz, to unpack into benchmarks/results/suites/<name> here; rerun to go on.
 #   device run: bash benchmarks/gpu_session.sh            (carry: [".gpu-data"], timeout_s: 600)
 #   device run: MODE=suite bash benchmarks/gpu_session.sh (carry: [".gpu-data"], timeout_s: 600)
+# MODE=full runs the whole R-DFCIL CIFAR-100 B0 N=5 run (RUN_SET applies) in .gpu-run/ (ignored,
+# so it stays on the warm machine between calls) for at most FULL_SECONDS (default 560), resuming
+# it when .gpu-run/ already holds one: call again within the machine's 30 s warm period to go on.
+# metrics.json's wall_time_s adds up the calls' training time. Returns log.jsonl, run.json and,
+# once finished, metrics.json.
+#   device run: MODE=full bash benchmarks/gpu_session.sh  (carry: [".gpu-data"], timeout_s: 600)
 #   on a CPU, to try the script: SPEED_SECONDS=60 RUN_SECONDS=60 RUN_SET="train.epochs=1" bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +64,49 @@ for run in sorted(Path(sys.argv[1]).iterdir()):
     exit 0
 fi
 
+summarise_log() {  # per-phase epoch times and generator speed of a run's log.jsonl
+python3 - "$1" <<'EOF'
+import json, sys
+from collections import defaultdict
+try:
+    records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+except OSError:
+    sys.exit("no log")
+epochs = defaultdict(list)
+for r in records:
+    if r.get("event") == "epoch":
+        epochs[(r["task"], r["phase"])].append(r["time_s"])
+for (task, phase), times in sorted(epochs.items()):
+    print(f"task {task} {phase}: {len(times)} epochs, mean {sum(times) / len(times):.2f} s/epoch")
+for r in records:
+    if r.get("event") == "synthesis" and r.get("step", 0) % 1000 == 0:
+        print(f"task {r['task']} synthesis step {r['step']}: {r['steps_per_s']:.1f} steps/s")
+EOF
+}
+
+if [ "${MODE:-speed}" = full ]; then
+    sets=(--set method.name=rdfcil --set runtime.progress=false)
+    for item in $RUN_SET; do sets+=(--set "$item"); done
+    if [ -f .gpu-run/run.json ]; then
+        echo "== resuming the R-DFCIL run in .gpu-run for at most ${FULL_SECONDS:-560} s"
+        cmd=(python3 -m dfcil run --resume .gpu-run)
+    else
+        echo "== R-DFCIL CIFAR-100 B0 N=5, full budgets, in .gpu-run for at most ${FULL_SECONDS:-560} s"
+        cmd=(python3 -m dfcil run configs/cifar100/b0_n5.yaml -o .gpu-run "${sets[@]}")
+    fi
+    start=$(date +%s)
+    timeout "${FULL_SECONDS:-560}" "${cmd[@]}"
+    echo "run: exit $? after $(( $(date +%s) - start )) s"
+    mkdir -p "$OUT/run"
+    cp .gpu-run/log.jsonl .gpu-run/run.json "$OUT/run/" 2>/dev/null
+    if cp .gpu-run/metrics.json "$OUT/run/" 2>/dev/null; then
+        python3 -c "import json; m = json.load(open('.gpu-run/metrics.json')); print({k: m.get(k) for k in
+            ('complete', 'wall_time_s', 'last_accuracy', 'average_incremental_accuracy', 'forgetting')})"
+    fi
+    summarise_log .gpu-run/log.jsonl
+    exit 0
+fi
+
 mkdir -p "$OUT/eager" "$OUT/compile" "$OUT/run"
 echo "== method speed, eager"
 timeout "$SPEED_SECONDS" python3 benchmarks/method_speed.py --methods finetune rdfcil --out "$OUT/eager" \
@@ -76,20 +125,4 @@ timeout "$RUN_SECONDS" python3 -m dfcil run configs/cifar100/b0_n5.yaml -o /tmp/
 echo "run: exit $? after $(( $(date +%s) - start )) s"
 cp /tmp/gpu-run/log.jsonl /tmp/gpu-run/run.json "$OUT/run/" 2>/dev/null
 cp /tmp/gpu-run/metrics.json "$OUT/run/" 2>/dev/null
-python3 - /tmp/gpu-run/log.jsonl <<'EOF'
-import json, sys
-from collections import defaultdict
-try:
-    records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-except OSError:
-    sys.exit("no log")
-epochs = defaultdict(list)
-for r in records:
-    if r.get("event") == "epoch":
-        epochs[(r["task"], r["phase"])].append(r["time_s"])
-for (task, phase), times in sorted(epochs.items()):
-    print(f"task {task} {phase}: {len(times)} epochs, mean {sum(times) / len(times):.2f} s/epoch")
-for r in records:
-    if r.get("event") == "synthesis" and r.get("step", 0) % 1000 == 0:
-        print(f"task {r['task']} synthesis step {r['step']}: {r['steps_per_s']:.1f} steps/s")
-EOF
+summarise_log /tmp/gpu-run/log.jsonl

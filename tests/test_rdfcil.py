@@ -15,6 +15,7 @@ from conftest import coloured_dataset
 from dfcil.cli import main
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
+import dfcil.losses as losses_module
 from dfcil.losses import angle_relation_distillation, angle_relations
 from dfcil.methods.rdfcil import (
     RDFCIL,
@@ -77,6 +78,45 @@ def test_angle_relation_distillation_zero_up_to_scale_and_shift():
     teacher = torch.randn(16, 8)
     assert float(angle_relation_distillation(3.7 * teacher + 0.5, teacher)) < 1e-5
     assert float(angle_relation_distillation(teacher, teacher)) == 0.0
+
+
+def autograd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The loss through autograd of the readable (B, B, B) form."""
+    return (angle_relations(student) - angle_relations(teacher)).abs().mean()
+
+
+@pytest.mark.parametrize("size, block", [(5, 1), (33, 7), (33, 33), (64, 64)])
+def test_fused_angle_loss_and_gradients_equal_autograd_of_the_relations(size, block, monkeypatch):
+    # blocks of anchors that do and do not divide the batch, and one block for all
+    monkeypatch.setattr(losses_module, "_CPU_BLOCK_ELEMENTS", block * size**2)
+    generator = torch.Generator().manual_seed(size)
+    student = torch.randn(size, 12, generator=generator, requires_grad=True)
+    teacher = (0.5 * student.detach() + torch.randn(size, 12, generator=generator)).requires_grad_()
+    expected = autograd_angle_loss(student, teacher)
+    expected_grads = torch.autograd.grad(expected, (student, teacher))
+    fused = angle_relation_distillation(student, teacher)
+    grads = torch.autograd.grad(3.0 * fused, (student, teacher))  # the upstream gradient scales it
+    assert float(fused.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    for got, want in zip(grads, expected_grads):
+        assert float(want.norm()) > 1e-4
+        assert float((got - 3.0 * want).norm() / (3.0 * want).norm()) < 1e-4
+
+
+def test_fused_angle_loss_without_gradients_and_under_bf16_autocast():
+    generator = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(20, 8, generator=generator), torch.randn(20, 8, generator=generator)
+    expected = float(autograd_angle_loss(student, teacher))
+    with torch.no_grad():
+        assert float(angle_relation_distillation(student.requires_grad_(), teacher)) == pytest.approx(expected, rel=1e-5)
+    # bf16 embeddings (what a projection returns under autocast): float32 inside, gradient bf16
+    student_bf16 = student.detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = angle_relation_distillation(student_bf16, teacher.bfloat16())
+    assert loss.dtype == torch.float32
+    assert float(loss.detach()) == pytest.approx(float(autograd_angle_loss(student.bfloat16(), teacher.bfloat16())), rel=1e-4)
+    loss.backward()
+    assert student_bf16.grad is not None and student_bf16.grad.dtype == torch.bfloat16
+    assert float(student_bf16.grad.abs().sum()) > 0
 
 
 def test_relational_kd_gradient_reaches_both_projections():
