@@ -35,6 +35,7 @@ def test_methods_lists_baselines(capsys):
         (["run", SMOKE, "--set", "train.epochz=2"], "unknown config key 'train.epochz'"),
         (["run", SMOKE, "--set", "train.batch_size=1"], "train.batch_size: must be >= 2"),
         (["run", SMOKE, "--set", "scenario.num_tasks=3"], "cannot be split into 3 equal tasks"),
+        (["run", SMOKE, "--set", "runtime.checkpoint_every_s=-1"], "runtime.checkpoint_every_s: must be a number"),
         (["run", "/nonexistent/config.yaml"], "cannot read config"),
         (["run"], "give a CONFIG file or --resume"),
         (["run", "--resume", "/nonexistent/run"], "is not a dfcil run directory"),

@@ -23,14 +23,14 @@ def tiny_dataset(classes: int = 4, per_class: int = 16) -> DatasetArrays:
     return coloured_dataset(classes, per_class)
 
 
-def tiny_config(**train):
+def tiny_config(runtime: dict | None = None, **train):
     return parse_config(
         {
             "data": {"dataset": "imagefolder"},
             "scenario": {"order": "identity", "num_tasks": 2},
             "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],
                       "precision": "fp32", **train},
-            "runtime": {"progress": False, "device": "cpu"},
+            "runtime": {"progress": False, "device": "cpu", **(runtime or {})},
         }
     )
 
@@ -91,6 +91,21 @@ def test_head_phase_freezes_backbone_and_aux_modules_train(tmp_path):
     assert abs(main["loss"] - (main["losses"]["ce"] + 0.5 * main["losses"]["aux"])) < 1e-4
     assert "aux" not in records[2]["losses"]
     assert metrics["complete"] and len(metrics["accuracy_per_step"]) == 2
+
+
+@pytest.mark.parametrize("every_s, epoch_saves", [(0.0, [1, 2, 3]), (1e9, [3])])
+def test_epoch_checkpoints_are_spaced_by_checkpoint_every_s(tmp_path, every_s, epoch_saves, monkeypatch):
+    trainer = Trainer(tiny_config({"checkpoint_every_s": every_s}, epochs=3), tmp_path, tiny_dataset())
+    trainer.method = HeadPhaseMethod(HeadPhaseOptions(), trainer.env)
+    saved = []
+    save = trainer._save
+    monkeypatch.setattr(trainer, "_save", lambda position, *rest: (saved.append(position), save(position, *rest)))
+    trainer.run()
+    for task in (0, 1):
+        epochs = [p.epoch for p in saved if p.task == task and not p.task_done and p.epoch > 0]
+        # main phase (3 epochs), then the head phase (2 epochs, its last always saved)
+        assert epochs == epoch_saves + ([1, 2] if every_s == 0 else [2]), (task, saved)
+        assert any(p.task == task and p.task_done for p in saved)  # every task's end
 
 
 def test_bn_input_hooks_match_manual_statistics_and_are_removed():

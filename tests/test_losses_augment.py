@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from dfcil.augment import Normalizer, random_crop_flip
@@ -63,3 +64,6 @@ def test_no_augmentation_is_identity_and_normalizer_inverts():
     assert torch.allclose(back, images.permute(0, 3, 1, 2).float(), atol=1e-3)
     # channel 0 of pixel value 255: (1 - 0.5) / 0.2 = 2.5
     assert torch.isclose(norm(torch.full((1, 1, 1, 3), 255, dtype=torch.uint8))[0, 0, 0, 0], torch.tensor(2.5))
+    # the constants are made once per device (on a GPU, each copy from the host would wait for it)
+    mean, std = norm.constants(torch.device("cpu"))
+    assert norm.constants(torch.device("cpu"))[0] is mean and mean.flatten().tolist() == pytest.approx([0.5, 0.4, 0.3])

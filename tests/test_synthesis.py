@@ -93,6 +93,37 @@ def test_abd_and_deepinversion_loss_pieces():
     assert value.item() == pytest.approx(math.log(4.0), rel=1e-6)
 
 
+def test_confidence_and_coverage_hand_values():
+    from dfcil.synthesis.monitor import confidence_and_coverage
+
+    # rows: p = (1/5, 3/5, 1/5) -> max 3/5, argmax 1; p = (4/6, 1/6, 1/6) -> max 2/3, argmax 0;
+    # argmax 1 again. Classes hit: {0, 1} of 3.
+    logits = torch.tensor([[0.0, math.log(3.0), 0.0], [math.log(4.0), 0.0, 0.0], [0.0, 5.0, 0.0]])
+    confidence, coverage = confidence_and_coverage(logits)
+    top = torch.softmax(torch.tensor([0.0, 5.0, 0.0]), 0).max().item()
+    assert confidence.item() == pytest.approx((3 / 5 + 2 / 3 + top) / 3, rel=1e-6)
+    assert coverage.item() == pytest.approx(2 / 3, rel=1e-6)
+    assert coverage.dim() == 0 and confidence.dim() == 0
+
+
+def test_generator_optimizer_state_is_kept_only_for_a_warm_start():
+    from dfcil.models import IncrementalClassifier, build_backbone, frozen_copy
+
+    model = IncrementalClassifier(build_backbone("resnet32", variant="rdfcil"))
+    model.add_head(3)
+    old = frozen_copy(model)
+    for warm_start in (False, True):
+        synth = Synthesizer(
+            SynthesisOptions(steps=2, batch_size=4, log_every=1, warm_start=warm_start), 32, torch.device("cpu"),
+            lambda: torch.autocast("cpu", enabled=False), torch.Generator().manual_seed(0), channels_last=False,
+        )
+        synth.train(old, 3, lambda record: None, batch_size=4)
+        state = synth.state_dict()
+        assert state is not None and state["generator"]
+        # Adam's moments only serve the next task's training of the same generator
+        assert (state["optimizer"] is not None) == warm_start
+
+
 def test_generator_training_covers_old_classes_confidently(joint_smoke_run):
     """Default losses (content tau = 1000) against a 4-class model trained on real CIFAR images.
 

@@ -7,7 +7,7 @@ and the horizontal flip for the whole batch; normalisation follows. No per-sampl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,20 +20,29 @@ class Normalizer:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channels_last: bool = True
+    # (1, 3, 1, 1) mean and std per device, made once: building them from the tuples at every
+    # call would copy host memory to a GPU, which waits for the work queued before it
+    _constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (1, 3, 1, 1) float32 mean and std on ``device``."""
+        if device not in self._constants:
+            self._constants[device] = (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
+                                       torch.tensor(self.std, device=device).view(1, 3, 1, 1))
+        return self._constants[device]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) normalised (channels_last memory if set)."""
         x = images.permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        mean, std = self.constants(x.device)
         x = (x - mean) / std
         memory = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=memory)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of the normalisation, float (N, 3, H, W) in [0, 1] units."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        mean, std = self.constants(x.device)
         return x * std + mean
 
 

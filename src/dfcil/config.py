@@ -8,6 +8,7 @@ Omega); everything else is part of the run's fingerprint, which ``--resume`` che
 
 from __future__ import annotations
 
+import math
 import copy
 import hashlib
 import json
@@ -131,6 +132,9 @@ class RuntimeConfig:
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     progress: bool = True  # console progress bars
     upper_bound: str | None = None  # metrics.json (or run dir) of a `joint` run -> omega
+    # an epoch's checkpoint is skipped when the last one is younger than this (0: every epoch);
+    # the last epoch of every phase and the end of every task are always saved
+    checkpoint_every_s: float = 30.0
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
@@ -140,6 +144,8 @@ class RuntimeConfig:
             f"expected auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
         require(self.num_threads is None or self.num_threads >= 1, join(path, "num_threads"), "must be >= 1")
+        require(math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
+                join(path, "checkpoint_every_s"), "must be a number of seconds >= 0")
 
 
 @dataclass(frozen=True)

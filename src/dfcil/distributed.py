@@ -112,7 +112,8 @@ class Distributed:
 
     def device_name(self, requested: str) -> str:
         """The device this rank uses for ``runtime.device`` = ``requested``."""
-        if self.enabled and (requested == "cuda" or (requested == "auto" and torch.cuda.is_available())):
+        # every rank its own GPU: "cuda:0" given to all ranks would put them on one device (NCCL refuses)
+        if self.enabled and (requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available())):
             return f"cuda:{self.local_rank}"
         return requested
 

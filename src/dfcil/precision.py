@@ -19,7 +19,7 @@ Precision = Literal["bf16", "fp32"]
 def fast_bf16_available(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 convolutions natively (fast), not by emulation."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
     if device.type == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -5,10 +5,12 @@ each phase of ``method.phases`` (new SGD optimiser and schedule; epochs of whole
 device-side augmentation and the method's loss terms) -> ``method.finish_task`` ->
 task-agnostic evaluation on all seen classes -> ``metrics.json`` and a checkpoint.
 
-A checkpoint is written atomically after every epoch and every task, holding the model, the
-method state (old model, synthesizer, auxiliary modules), optimiser, scheduler, every RNG
-state and the results so far, so a killed run resumes from its last epoch and, on the CPU
-with a fixed seed, ends with exactly the metrics of an uninterrupted run.
+A checkpoint is written atomically after every task, at the end of every phase and after every
+epoch that ends at least ``runtime.checkpoint_every_s`` (default 30 s) after the last one,
+holding the model, the method state (old model, synthesizer, auxiliary modules), optimiser,
+scheduler, every RNG state and the results so far, so a killed run resumes from its last
+checkpoint and, on the CPU with a fixed seed, ends with exactly the metrics of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ class Trainer:
         self.model = self.make_model([])
         self.results = RunResults()
         self.wall_time_s = 0.0
+        self._last_save = -math.inf  # time.monotonic() of the last checkpoint
         self._run_step: Any = lambda closure: closure()
 
     # ------------------------------------------------------------------------------------
@@ -285,7 +288,8 @@ class Trainer:
             images_seen += n
             loss_sum += total.detach() * n
             for name, term in result.losses.items():
-                sums[name] = sums.get(name, torch.zeros((), device=self.device)) + term.value.detach().float() * n
+                value = term.value.detach().float() * n
+                sums[name] = sums[name] + value if name in sums else value
                 weights[name] = float(term.weight)
             if result.logits is not None:
                 correct += (result.logits.detach().argmax(1) == labels).sum()
@@ -389,6 +393,7 @@ class Trainer:
         return out
 
     def _save(self, position: ckpt.Position, optimizer: Any = None, scheduler: Any = None) -> None:
+        self._last_save = time.monotonic()
         if not self.dist.is_main:
             return
         ckpt.save(
@@ -464,8 +469,12 @@ class Trainer:
                     stats = self._train_epoch(task, phase, epoch, optimizer)
                     scheduler.step()
                     tick()
-                    here = ckpt.Position(task=task.index, phase=phase_index, epoch=epoch, task_done=False)
-                    self._save(here, optimizer, scheduler)
+                    # a GPU trains an epoch in a second or two, and a data-free method's checkpoint
+                    # (old model, generator) is tens of MB: not after every one of them
+                    if (epoch == phase.epochs
+                            or time.monotonic() - self._last_save >= self.config.runtime.checkpoint_every_s):
+                        here = ckpt.Position(task=task.index, phase=phase_index, epoch=epoch, task_done=False)
+                        self._save(here, optimizer, scheduler)
                     self.log.append(_epoch_record(task, phase, phase_index, epoch, lr, stats))
                     if not (self.config.runtime.progress and self.dist.is_main):
                         continue

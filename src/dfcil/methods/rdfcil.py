@@ -195,7 +195,8 @@ class RDFCIL(SyntheticReplayMethod):
         real = len(batch.labels)
         synthetic = self.synthesizer.sample(self.old.model, real, task.num_old)
         synthetic_images = synthetic.images.to(batch.images.dtype)
-        self.class_counts += torch.bincount(torch.cat([batch.labels, synthetic.labels]), minlength=task.num_seen)
+        labels = torch.cat([batch.labels, synthetic.labels])
+        self.class_counts.index_add_(0, labels, torch.ones_like(labels))  # no GPU sync, unlike bincount
         weights = self.loss_weights(task)
         if phase.name == REFINE_PHASE:
             return self._refinement_step(model, batch, synthetic_images, synthetic.labels, synthetic.old_logits,

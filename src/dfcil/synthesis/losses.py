@@ -39,18 +39,19 @@ def bn_statistics_kl(stats: list[BatchNormInput], eps: float = 1e-8) -> torch.Te
     return torch.stack(losses).mean()
 
 
-def gaussian_kernel(size: int = 5, sigma: float = 1.0) -> torch.Tensor:
-    """Normalised 2-D Gaussian kernel (size x size)."""
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+def gaussian_kernel(size: int = 5, sigma: float = 1.0, device: torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 2-D Gaussian kernel (size x size), computed on ``device`` (no host copy)."""
+    coords = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = torch.outer(g, g)
-    return kernel / kernel.sum()
+    return (kernel / kernel.sum()).to(dtype)
 
 
 def gaussian_blur(images: torch.Tensor, size: int = 5, sigma: float = 1.0) -> torch.Tensor:
     """Depthwise Gaussian blur with reflection padding (same size as the input)."""
     channels = images.shape[1]
-    kernel = gaussian_kernel(size, sigma).to(images.device, images.dtype)
+    kernel = gaussian_kernel(size, sigma, images.device, images.dtype)
     weight = kernel.expand(channels, 1, size, size).contiguous()
     padded = F.pad(images, [size // 2] * 4, mode="reflect")
     return F.conv2d(padded, weight, groups=channels)

@@ -18,8 +18,9 @@ def confidence_and_coverage(logits: torch.Tensor) -> tuple[torch.Tensor, torch.T
     are the argmax of at least one sample; both 0-dim float tensors on ``logits``' device."""
     probs = torch.softmax(logits.detach().float(), dim=1)
     classes = logits.shape[1]
-    hit = torch.bincount(probs.argmax(dim=1), minlength=classes) > 0
-    return probs.max(dim=1).values.mean(), hit.sum().float() / classes
+    # a scatter, not bincount: bincount reads the labels' range back to the host (a GPU sync)
+    hit = torch.zeros(classes, device=logits.device).index_fill_(0, probs.argmax(dim=1), 1.0)
+    return probs.max(dim=1).values.mean(), hit.sum() / classes
 
 
 class WindowMeans:
