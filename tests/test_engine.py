@@ -152,6 +152,17 @@ def test_image_store_host_gather_matches_resident(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(batches, same))
 
 
+def test_resident_limit_takes_a_share_of_free_gpu_memory(monkeypatch):
+    from dfcil.engine import store
+
+    gib = 1024**3
+    assert store.resident_limit_bytes(torch.device("cpu")) == 8 * gib
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * gib, 141 * gib))
+    assert store.resident_limit_bytes(torch.device("cuda")) == int(0.3 * 100 * gib)  # ImageNet-100 fits
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (22 * gib, 24 * gib))
+    assert store.resident_limit_bytes(torch.device("cuda")) == int(0.3 * 22 * gib)  # ImageNet-100 does not
+
+
 def test_first_per_class_keeps_the_first_n_of_each_label():
     from dfcil.engine.trainer import first_per_class
 
