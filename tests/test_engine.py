@@ -163,6 +163,17 @@ def test_resident_limit_takes_a_share_of_free_gpu_memory(monkeypatch):
     assert store.resident_limit_bytes(torch.device("cuda")) == int(0.3 * 22 * gib)  # ImageNet-100 does not
 
 
+def test_upload_copies_a_memory_mapped_array_in_chunks(tmp_path):
+    from dfcil.engine.store import upload
+
+    images = np.random.default_rng(2).integers(0, 256, (13, 4, 4, 3)).astype(np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    for chunk_bytes in (1, 5 * 48, 10**9):  # one row, 5 rows (13 = 5 + 5 + 3), everything
+        out = upload(mapped, torch.device("cpu"), chunk_bytes)
+        assert out.dtype == torch.uint8 and torch.equal(out, torch.from_numpy(images))
+
+
 def test_first_per_class_keeps_the_first_n_of_each_label():
     from dfcil.engine.trainer import first_per_class
 

@@ -21,6 +21,16 @@ def resident_limit_bytes(device: torch.device) -> int:
     return DEVICE_RESIDENT_LIMIT_BYTES
 
 
+def upload(images: np.ndarray, device: torch.device, chunk_bytes: int = 256 * 1024**2) -> torch.Tensor:
+    """A uint8 tensor on ``device`` holding ``images``, copied ``chunk_bytes`` at a time (a 19 GB
+    memory-mapped array never needs as much host memory)."""
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    rows = max(1, chunk_bytes // max(1, images[:1].nbytes))
+    for start in range(0, len(images), rows):
+        out[start : start + rows].copy_(torch.from_numpy(np.ascontiguousarray(images[start : start + rows])))
+    return out
+
+
 class ImageStore:
     """uint8 (N, H, W, 3) images: resident on the device when they fit, else gathered on the host.
 
@@ -31,9 +41,12 @@ class ImageStore:
     def __init__(self, images: np.ndarray, device: torch.device, limit_bytes: int | None = None):
         self.device = device
         limit = resident_limit_bytes(device) if limit_bytes is None else limit_bytes
-        self.resident = images.nbytes <= limit and not isinstance(images, np.memmap)
+        # a memory-mapped cache stays on disk for a CPU run (reading it whole would only fill
+        # RAM), but goes to a GPU that has room for it
+        mapped = isinstance(images, np.memmap)
+        self.resident = images.nbytes <= limit and not (mapped and device.type == "cpu")
         if self.resident:
-            self._images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            self._images = upload(images, device) if mapped else torch.from_numpy(np.ascontiguousarray(images)).to(device)
         else:
             self._host = images
         self.shape = tuple(images.shape)

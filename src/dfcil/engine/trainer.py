@@ -122,6 +122,9 @@ class Trainer:
         self.device = resolve_device(dist.device_name(config.runtime.device))
         if config.runtime.num_threads:
             torch.set_num_threads(config.runtime.num_threads)
+        if self.device.type == "cuda":
+            # every step has the same shapes: let cuDNN time its algorithms once and keep the fastest
+            torch.backends.cudnn.benchmark = True
         seed_everything(config.seed)
         self.scenario = scenario if scenario is not None else build_scenario(config.scenario, dataset.num_classes)
         if not 0 <= start_task < len(self.scenario.tasks):
