@@ -275,7 +275,23 @@ def main() -> int:
     peaks = {name: max(figures.values()) for name, figures in kernels.items()}
     if args.peak_gflops is not None:
         peaks[precision] = args.peak_gflops
-    results = []
+    facts = {"commit": git_commit(ROOT / "src" / "dfcil"), "machine": machine_description(str(device)),
+             "device": str(device), "precision": precision, "peak_stated": args.peak_gflops is not None,
+             "overrides": list(extra), "epochs": args.epochs}
+    facts["kernels"] = kernels
+
+    def write(results: list[dict[str, Any]]) -> str:
+        """The table so far, written out (after every method: a run stopped by a time limit
+        keeps what it measured)."""
+        text = markdown(results, peaks, facts)
+        if not args.no_write:
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_json(args.out / "method_speed.json", {"peaks_gflops": peaks, "kernels_gflops": kernels, **facts,
+                                                        "results": results})
+            write_text(args.out / "method_speed.md", text)
+        return text
+
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
         variants = [extra, (*extra, "train.compile=true")] if args.compare_compile else [extra]
         for method in args.methods:
@@ -284,18 +300,8 @@ def main() -> int:
                                  Path(work) / str(index), overrides, args.epochs)
                 results.append(result)
                 print(result, flush=True)
-    facts = {"commit": git_commit(ROOT / "src" / "dfcil"), "machine": machine_description(str(device)),
-             "device": str(device), "precision": precision, "peak_stated": args.peak_gflops is not None,
-             "overrides": list(extra), "epochs": args.epochs}
-    facts["kernels"] = kernels
-    text = markdown(results, peaks, facts)
-    print(text)
-    if not args.no_write:
-        out = args.out
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "method_speed.json", {"peaks_gflops": peaks, "kernels_gflops": kernels, **facts,
-                                               "results": results})
-        write_text(out / "method_speed.md", text)
+                write(results)
+    print(write(results))
     return 0
 
 
