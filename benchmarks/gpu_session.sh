@@ -15,6 +15,8 @@
 # $OUT/suite.tar.gz, to unpack into benchmarks/results/suites/<name> here; rerun to go on.
 #   device run: bash benchmarks/gpu_session.sh            (carry: [".gpu-data"], timeout_s: 600)
 #   device run: MODE=suite bash benchmarks/gpu_session.sh (carry: [".gpu-data"], timeout_s: 600)
+# COMPILE_SET replaces the compiled measurement's overrides (default "train.compile=true"; CUDA
+# graphs: "train.compile=true train.compile_mode=reduce-overhead").
 # MODE=full runs the whole R-DFCIL CIFAR-100 B0 N=5 run (RUN_SET applies) in .gpu-run/ (ignored,
 # so it stays on the warm machine between calls) for at most FULL_SECONDS (default 560), resuming
 # it when .gpu-run/ already holds one: call again within the machine's 30 s warm period to go on.
@@ -114,8 +116,11 @@ timeout "$SPEED_SECONDS" python3 benchmarks/method_speed.py --methods finetune r
 echo "== method speed, train.compile=true"
 # inductor needs triton on a GPU, and triton a C compiler for its launchers
 if python3 -c "import triton" 2>/dev/null && { command -v cc || command -v gcc; } >/dev/null; then
+    compile_sets=()
+    for item in ${COMPILE_SET:-train.compile=true}; do compile_sets+=(--set "$item"); done
+    echo "${compile_sets[*]}"
     timeout "$SPEED_SECONDS" python3 benchmarks/method_speed.py --methods finetune rdfcil --out "$OUT/compile" \
-        --set train.compile=true || echo "method_speed compile: exit $?"
+        "${compile_sets[@]}" || echo "method_speed compile: exit $?"
 else
     echo "skipped: no triton or no C compiler here"
 fi

@@ -227,12 +227,24 @@ def test_fixed_batch_prediction_pads_the_last_batch_without_changing_any_row(tmp
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    Trainer(tiny_config(compile=True, compile_mode="max-autotune-no-cudagraphs"), tmp_path, tiny_dataset())
+    assert calls == [{"dynamic": False, "mode": "max-autotune-no-cudagraphs"}]
+    with pytest.raises(Exception, match="compile_mode"):
+        tiny_config(compile=True, compile_mode="fastest")
+
+
 def test_compiled_backbone_trains_like_eager_and_saves_plain_checkpoints(tmp_path):
     """train.compile: the same run (fp32, same seed) as eager within float tolerance, and
     state_dict keys free of compile wrappers (checkpoints load into an eager model)."""
     runs = {}
     for compiled in (False, True):
-        trainer = Trainer(tiny_config(compile=compiled, epochs=1), tmp_path / str(compiled), tiny_dataset())
+        # reduce-overhead: CUDA graphs on a GPU, the default compilation here (and the step's
+        # cudagraph_mark_step_begin must be harmless on a CPU)
+        trainer = Trainer(tiny_config(compile=compiled, compile_mode="reduce-overhead", epochs=1),
+                          tmp_path / str(compiled), tiny_dataset())
         runs[compiled] = (trainer, trainer.run())
     (eager, eager_metrics), (compiled, compiled_metrics) = runs[False], runs[True]
     assert compiled.model.backbone._compiled_call_impl is not None  # compiled in place

@@ -191,7 +191,7 @@ class Trainer:
             # In place: state_dict keys and growing heads are unaffected. Static shapes: a batch
             # size seen for the first time (the last batch of an epoch) compiles its own graph
             # rather than turning every later step into a slower dynamic-shape graph.
-            model.backbone.compile(dynamic=False)
+            model.backbone.compile(dynamic=False, mode=self.config.train.compile_mode)
         return model
 
     def load_model(self, head_sizes: list[int], state: dict[str, torch.Tensor]) -> None:
@@ -273,6 +273,10 @@ class Trainer:
                 if len(index) < self.dist.world_size:
                     continue  # a last batch too small to give every rank an image (all ranks skip it)
                 index = self.dist.shard(index)
+            if self.config.train.compile:
+                # a new training iteration: CUDA-graph replays (compile_mode reduce-overhead) may
+                # reuse the memory of the last step's outputs, which nothing holds on to any more
+                torch.compiler.cudagraph_mark_step_begin()
             images = self.augment(self.train_data.store.gather(index), self.device_generator)
             labels = labels_on_device[index]
 
