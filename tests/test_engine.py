@@ -255,3 +255,21 @@ def test_compiled_backbone_trains_like_eager_and_saves_plain_checkpoints(tmp_pat
     assert list(state) == list(eager.model.state_dict())
     for key, value in eager.model.state_dict().items():
         torch.testing.assert_close(state[key], value, rtol=1e-3, atol=1e-3, msg=key)
+
+
+def test_rng_restore_skips_a_generator_saved_on_another_kind_of_device():
+    from dfcil.engine.rng import capture, restore
+
+    generators = {"sample": torch.Generator().manual_seed(1), "device": torch.Generator().manual_seed(2)}
+    state = capture(generators)
+    expected = {name: torch.rand(3, generator=g) for name, g in generators.items()}
+    # the "device" stream was saved by a GPU run (a 16-byte Philox state): a CPU resume keeps its own
+    state["own_devices"]["device"] = "cuda"
+    state["own"]["device"] = torch.zeros(16, dtype=torch.uint8)
+    restore(state, generators)
+    assert torch.equal(torch.rand(3, generator=generators["sample"]), expected["sample"])
+    assert not torch.equal(torch.rand(3, generator=generators["device"]), expected["device"])
+    # an older checkpoint without own_devices: told apart by the state's size
+    del state["own_devices"]
+    restore(state, generators)
+    assert torch.equal(torch.rand(3, generator=generators["sample"]), expected["sample"])

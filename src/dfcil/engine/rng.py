@@ -23,6 +23,7 @@ def capture(generators: dict[str, torch.Generator]) -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "own": {name: g.get_state() for name, g in generators.items()},
+        "own_devices": {name: g.device.type for name, g in generators.items()},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -30,12 +31,21 @@ def capture(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 
 
 def restore(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-    """Inverse of :func:`capture` (generators the state does not hold are left as they are)."""
+    """Inverse of :func:`capture` (generators the state does not hold, or holds from another kind
+    of device, are left as they are)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])  # saved with more GPUs
+    devices = state.get("own_devices", {})
     for name, generator in generators.items():
-        if name in state["own"]:  # a generator of another process count's run may be absent
-            generator.set_state(state["own"][name])
+        if name not in state["own"]:  # a generator of another process count's run may be absent
+            continue
+        saved = state["own"][name]
+        # A CPU generator's state cannot go into a CUDA one or back (a run resumed on another kind
+        # of device): that stream keeps its seed, so the resumed run is valid but not identical.
+        if devices.get(name, generator.device.type) != generator.device.type or (
+                saved.numel() != generator.get_state().numel()):
+            continue
+        generator.set_state(saved)
