@@ -267,6 +267,7 @@ class Trainer:
                    disable=not (self.config.runtime.progress and self.dist.is_main),
                    file=sys.stderr, dynamic_ncols=True)
         start = time.perf_counter()
+        shown = -math.inf  # when the progress bar last showed the running loss
         labels_on_device = self.train_data.labels.to(self.device)  # batches index it where they are
         for step, index in enumerate(index_batches(indices, batch_size, self.sample_generator, device=self.device)):
             if self.dist.enabled:
@@ -302,7 +303,9 @@ class Trainer:
                 correct += (result.logits.detach().argmax(1) == labels).sum()
                 scored += n
             bar.update(1)
-            if bar.disable is False and (step % 10 == 0 or step + 1 == total_batches):
+            # reading the running loss waits for the device: at most once per second
+            if bar.disable is False and (time.perf_counter() - shown >= 1.0 or step + 1 == total_batches):
+                shown = time.perf_counter()
                 postfix = {"loss": f"{float(loss_sum) / images_seen:.3f}"}
                 if scored:
                     postfix["acc"] = f"{100.0 * float(correct) / scored:.1f}"
