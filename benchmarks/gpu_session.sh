@@ -106,6 +106,7 @@ if [ "${MODE:-speed}" = full ]; then
             ('complete', 'wall_time_s', 'last_accuracy', 'average_incremental_accuracy', 'forgetting')})"
     fi
     summarise_log .gpu-run/log.jsonl
+    python3 benchmarks/run_projection.py .gpu-run
     exit 0
 fi
 
@@ -136,3 +137,4 @@ echo "run: exit $? after $(( $(date +%s) - start )) s"
 cp /tmp/gpu-run/log.jsonl /tmp/gpu-run/run.json "$OUT/run/" 2>/dev/null
 cp /tmp/gpu-run/metrics.json "$OUT/run/" 2>/dev/null
 summarise_log /tmp/gpu-run/log.jsonl
+python3 benchmarks/run_projection.py /tmp/gpu-run

@@ -523,6 +523,7 @@ def _epoch_record(task: Task, phase: Phase, phase_index: int, epoch: int, lr: fl
         "phase": phase.name,
         "phase_index": phase_index,
         "epoch": epoch,
+        "epochs": phase.epochs,  # of this phase: a partial log still tells the whole run's length
         "lr": lr,
         "loss": stats.loss,
         "losses": stats.terms,

@@ -179,7 +179,8 @@ class Synthesizer:
                 if step % opts.log_every == 0 or step == opts.steps:
                     last = window.pop_means()
                     seconds = time.perf_counter() - start
-                    log({"event": "synthesis", "step": step, **last, "steps_per_s": step / max(seconds, 1e-9)})
+                    log({"event": "synthesis", "step": step, "steps": opts.steps, **last,
+                         "steps_per_s": step / max(seconds, 1e-9)})
         # Adam's moments (twice the generator's size) only matter to a generator trained on
         # next task (warm_start); kept otherwise, they would be in every checkpoint of the task
         self.optimizer_state = optimizer.state_dict() if opts.warm_start else None

@@ -1,0 +1,58 @@
+"""benchmarks/run_projection.py: a whole run's time from the log of its first part."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_projection.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_projection", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def epoch(task: int, phase: str, number: int, of: int, seconds: float) -> dict:
+    return {"event": "epoch", "task": task, "phase": phase, "epoch": number, "epochs": of, "time_s": seconds}
+
+
+RECORDS = [
+    epoch(1, "main", 1, 10, 1.2), epoch(1, "main", 2, 10, 0.8),            # task 1: 10 x 1.0 s
+    {"event": "eval", "task": 1, "accuracy": 50.0},
+    {"event": "synthesis", "task": 2, "step": 50, "steps": 1000, "steps_per_s": 8.0},
+    {"event": "synthesis", "task": 2, "step": 100, "steps": 1000, "steps_per_s": 10.0},  # 100 s
+    epoch(2, "main", 1, 10, 3.0),                                           # 10 x 3 s
+    epoch(2, "refine", 1, 4, 0.5),                                          # 4 x 0.5 s
+]
+
+
+def test_projection_hand_values():
+    projection = load_script().project(RECORDS, num_tasks=4)
+    # task 1: 10 s; task 2: 100 + 30 + 2 = 132 s; tasks 3 and 4 like task 2
+    assert projection.seconds == pytest.approx(10 + 3 * 132)
+    assert projection.parts["task 2 generator"] == pytest.approx(100)
+    assert projection.parts["task 4 (as task 2)"] == pytest.approx(132)
+    assert (projection.measured_epochs, projection.planned_epochs) == (4, 10 + 14 * 3)
+
+
+def test_no_projection_before_the_second_task():
+    projection = load_script().project(RECORDS[:3], num_tasks=4)
+    assert projection.seconds is None and projection.parts == {"task 1 main": pytest.approx(10)}
+
+
+def test_command_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"scenario": {"num_tasks": 4}}))
+    monkeypatch.setattr("sys.argv", ["run_projection.py", str(tmp_path)])
+    assert load_script().main() == 0
+    assert "projected run: 6.8 min (4 of 52 epochs measured" in capsys.readouterr().out
