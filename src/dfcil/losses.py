@@ -86,6 +86,7 @@ _ACCELERATOR_BLOCK_ELEMENTS = 1 << 26
 """The same on a GPU, where each block costs a few dozen kernel launches and memory bandwidth is
 plentiful: one block up to B = 406 (256 MiB per float32 block)."""
 
+
 class _AngleRelationL1(torch.autograd.Function):
     """``mean_{j,i,k} |A_s[j,i,k] - A_t[j,i,k]|`` from the two squared-distance matrices, with the
     gradient taken in the same pass.
