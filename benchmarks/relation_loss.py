@@ -23,7 +23,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +37,7 @@ from dfcil.run import git_commit, machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from method_speed import config_for, random_dataset, reach_task  # noqa: E402
+from step_time import rkd_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -49,19 +49,6 @@ def autograd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
 
 
 IMPLEMENTATIONS: dict[str, LossFn] = {"autograd": autograd_angle_loss, "fused": angle_relation_distillation}
-
-
-def loss_milliseconds(loss: LossFn, batch: int, width: int, repeats: int) -> float:
-    """Median milliseconds of one forward + backward of ``loss`` on random embeddings."""
-    generator = torch.Generator().manual_seed(0)
-    student = torch.randn(batch, width, generator=generator, requires_grad=True)
-    teacher = torch.randn(batch, width, generator=generator, requires_grad=True)
-    samples = []
-    for _ in range(repeats + 2):
-        start = time.perf_counter()
-        loss(student, teacher).backward()
-        samples.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(samples[2:])
 
 
 def step_milliseconds(work: Path, rounds: int) -> dict[str, list[float]]:
@@ -103,7 +90,7 @@ def main() -> int:
     precision = resolve_precision("auto", torch.device("cpu"))
     rows = []
     for batch in (64, 128, 256):
-        times = {name: loss_milliseconds(fn, batch, args.width, args.repeats) for name, fn in IMPLEMENTATIONS.items()}
+        times = {name: 1000.0 * rkd_seconds(batch, args.width, args.repeats, fn) for name, fn in IMPLEMENTATIONS.items()}
         rows.append({"what": f"loss alone, B={batch}", **times})
         print(rows[-1], flush=True)
     with tempfile.TemporaryDirectory() as work:

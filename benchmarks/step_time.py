@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -59,14 +60,17 @@ def generator_seconds(run_dir: Path) -> dict[int, float]:
     return seconds
 
 
-def rkd_seconds(batch_size: int, width: int, repeats: int = 20) -> float:
-    """Median seconds of one forward + backward of the angle-wise relational KD loss."""
-    student = torch.randn(batch_size, width, requires_grad=True)
-    teacher = torch.randn(batch_size, width, requires_grad=True)
+def rkd_seconds(batch_size: int, width: int, repeats: int = 20,
+                loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = angle_relation_distillation) -> float:
+    """Median seconds of one forward + backward of the angle-wise relational KD ``loss`` on random
+    embeddings (seeded), after two warm-up calls."""
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(batch_size, width, generator=generator, requires_grad=True)
+    teacher = torch.randn(batch_size, width, generator=generator, requires_grad=True)
     samples = []
     for _ in range(repeats + 2):
         start = time.perf_counter()
-        angle_relation_distillation(student, teacher).backward()
+        loss(student, teacher).backward()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples[2:])
 

@@ -8,10 +8,10 @@ Omega); everything else is part of the run's fingerprint, which ``--resume`` che
 
 from __future__ import annotations
 
-import math
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal

@@ -19,8 +19,9 @@ def confidence_and_coverage(logits: torch.Tensor) -> tuple[torch.Tensor, torch.T
     probs = torch.softmax(logits.detach().float(), dim=1)
     classes = logits.shape[1]
     # a scatter, not bincount: bincount reads the labels' range back to the host (a GPU sync)
-    hit = torch.zeros(classes, device=logits.device).index_fill_(0, probs.argmax(dim=1), 1.0)
-    return probs.max(dim=1).values.mean(), hit.sum() / classes
+    top = probs.max(dim=1)
+    hit = torch.zeros(classes, device=logits.device).index_fill_(0, top.indices, 1.0)
+    return top.values.mean(), hit.sum() / classes
 
 
 class WindowMeans:
