@@ -86,12 +86,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args()
-    log = args.run_dir / "log.jsonl"
-    if not log.exists():
-        parser.error(f"{log} does not exist")
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    num_tasks = int(yaml.safe_load((args.run_dir / "config.yaml").read_text())["scenario"]["num_tasks"])
-    projection = project(records, num_tasks)
+    log, config = args.run_dir / "log.jsonl", args.run_dir / "config.yaml"
+    for path in (log, config):
+        if not path.exists():
+            parser.error(f"{path} does not exist (not a dfcil run directory?)")
+    try:
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        num_tasks = int(yaml.safe_load(config.read_text())["scenario"]["num_tasks"])
+        projection = project(records, num_tasks)
+    except (ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+        parser.error(f"{args.run_dir}: unreadable log or config ({type(error).__name__}: {error})")
     for name, seconds in projection.parts.items():
         print(f"{name}: {seconds:.0f} s")
     if projection.seconds is None:

@@ -56,3 +56,15 @@ def test_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["run_projection.py", str(tmp_path)])
     assert load_script().main() == 0
     assert "projected run: 6.8 min (4 of 52 epochs measured" in capsys.readouterr().out
+
+
+def test_command_line_rejects_a_directory_that_is_not_a_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["run_projection.py", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main()
+    assert exit_info.value.code == 2 and "log.jsonl does not exist" in capsys.readouterr().err
+    (tmp_path / "log.jsonl").write_text("{not json\n")
+    (tmp_path / "config.yaml").write_text("scenario: {num_tasks: 4}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main()
+    assert exit_info.value.code == 2 and "unreadable log or config" in capsys.readouterr().err
