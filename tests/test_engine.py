@@ -273,3 +273,30 @@ def test_rng_restore_skips_a_generator_saved_on_another_kind_of_device():
     del state["own_devices"]
     restore(state, generators)
     assert torch.equal(torch.rand(3, generator=generators["sample"]), expected["sample"])
+
+
+def test_log_truncation_keeps_a_phase_eval_only_before_its_phase_is_redone(tmp_path):
+    from dfcil.engine.checkpoint import Position
+    from dfcil.runlog import RunLog
+
+    log = RunLog(tmp_path / "log.jsonl")
+    for record in (
+        {"event": "epoch", "task": 2, "phase_index": 0, "epoch": 1},
+        {"event": "epoch", "task": 2, "phase_index": 0, "epoch": 2},
+        {"event": "phase_eval", "task": 2, "phase_index": 0},
+        {"event": "epoch", "task": 2, "phase_index": 1, "epoch": 1},
+    ):
+        log.append(record)
+    # resumed after phase 0's last checkpoint: the phase eval is written again, so it goes
+    log.truncate_after(Position(task=1, phase=0, epoch=2, task_done=False))
+    assert [r["event"] for r in log.records] == ["epoch", "epoch"]
+    log.append({"event": "phase_eval", "task": 2, "phase_index": 0})
+    log.append({"event": "epoch", "task": 2, "phase_index": 1, "epoch": 1})
+    # resumed inside phase 1: phase 0's eval stays
+    log.truncate_after(Position(task=1, phase=1, epoch=1, task_done=False))
+    assert [r["event"] for r in RunLog(tmp_path / "log.jsonl").records] == ["epoch", "epoch", "phase_eval", "epoch"]
+    # a finished task keeps everything; an earlier position drops the whole task
+    log.truncate_after(Position(task=1, phase=0, epoch=0, task_done=True))
+    assert len(log.records) == 4
+    log.truncate_after(Position(task=0, phase=0, epoch=0, task_done=True))
+    assert log.records == []

@@ -66,6 +66,11 @@ def test_recording_losses_by_hand():
     # class diversity: -H of the batch-mean prediction; uniform over 4 classes gives -log 4
     assert class_diversity_loss(torch.zeros(3, 4)).item() == pytest.approx(-math.log(4), abs=1e-6)
     assert class_diversity_loss(torch.tensor([[50.0, 0.0], [50.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    # MFGR's code: log10, so a uniform batch over 4 classes gives -log10(4) = -0.60206
+    assert class_diversity_loss(torch.zeros(3, 4), "10").item() == pytest.approx(-0.60206, abs=1e-5)
+    # batch mean (0.75, 0.25): -H = 0.75 log10 0.75 + 0.25 log10 0.25 = -0.24422
+    two = torch.log(torch.tensor([[0.5, 0.5], [1.0, 1e-9]]))
+    assert class_diversity_loss(two, "10").item() == pytest.approx(-0.24422, abs=1e-4)
     # BN moments: ||(3, 4)|| = 5 for the mean, 0 for the variance; a matching layer adds 0
     off = BatchNormInput(mean=torch.tensor([3.0, 4.0]), var=torch.ones(2), running_mean=torch.zeros(2), running_var=torch.ones(2))
     same = BatchNormInput(mean=torch.zeros(2), var=torch.ones(2), running_mean=torch.zeros(2), running_var=torch.ones(2))
@@ -105,6 +110,14 @@ def test_ablation_switches_zero_their_terms(tmp_path):
         return {k: w for k, (_, w) in method.synthesizer.objective(images, logits, features, stats).items()}
 
     assert weights(method_for()) == {"one_hot": 1.0, "class_diversity": 5.0, "bn": 20.0, "sample_diversity": 0.1}
+
+    def class_diversity(method):
+        return method.synthesizer.objective(images, logits, features, stats)["class_diversity"][0]
+
+    # the entropy in log10 by default, as MFGR's code takes it; the natural log as an option
+    assert class_diversity(method_for()) == pytest.approx(class_diversity_loss(logits).item() / math.log(10))
+    assert class_diversity(method_for(synthesis={"class_diversity_log": "e"})) == pytest.approx(
+        class_diversity_loss(logits).item())
     assert weights(method_for(sample_diversity=False))["sample_diversity"] == 0.0
     assert weights(method_for(bn_alignment=False))["bn"] == 0.0
     assert set(weights(method_for(synthesis={"activation_weight": 0.1, "tv_weight": 10.0}))) >= {"activation", "tv"}

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dfcil.config import config_to_dict, fingerprint, parse_config
 
 from dfcil.models import (
     BACKBONES,
@@ -72,11 +77,64 @@ def test_resnet32_structure() -> None:
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
 
 
-def test_rdfcil_variant_drops_only_the_last_relu() -> None:
+class _ReluCounter(TorchDispatchMode):
+    """Counts the ReLU kernels a forward runs (functional, in-place and module ReLUs alike)."""
+
+    RELUS = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in self.RELUS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _relus_per_forward(model: nn.Module) -> int:
+    with _ReluCounter() as counter:
+        model(torch.randn(2, 3, 32, 32))
+    return counter.count
+
+
+def test_rdfcil_network_applies_16_relus_like_the_authors_code() -> None:
+    # R-DFCIL's code (cl-lite resnet32 = PODNet's CifarResNet, last_relu=False): stem ReLU + the
+    # ReLU inside each of the 15 blocks, none after any residual addition or between blocks.
+    assert _relus_per_forward(resnet32("rdfcil")) == 16
+    # ABD's code keeps a ReLU after every addition: 1 + 15 * 2.
+    assert _relus_per_forward(resnet32("abd")) == 31
+    # the counter sees both kinds of ReLU (a module and the functional one) and counts each call
+    assert _relus_per_forward(nn.Sequential(nn.ReLU(inplace=True), nn.Flatten(), nn.ReLU())) == 2
+
+
+def test_rdfcil_blocks_have_no_relu_after_the_residual_addition() -> None:
     rd_blocks = [m for m in resnet32("rdfcil").modules() if isinstance(m, BasicBlock)]
     abd_blocks = [m for m in resnet32("abd").modules() if isinstance(m, BasicBlock)]
-    assert [b.final_relu for b in rd_blocks] == [True] * 14 + [False]
+    assert not any(b.final_relu for b in rd_blocks)
     assert all(b.final_relu for b in abd_blocks)
+    # the sum a block returns can be negative: x + bn2(...) with bn2 shifting it below zero
+    block = rd_blocks[0].eval()
+    with torch.no_grad():
+        block.bn2.weight.fill_(1.0)
+        block.bn2.bias.fill_(-10.0)
+        assert (block(torch.rand(1, 16, 8, 8)) < 0).all()
+
+
+def test_network_revision_enters_the_fingerprint_of_rdfcil_configs_only() -> None:
+    rd = parse_config({"model": {"resnet32_variant": "rdfcil"}})
+    abd = parse_config({"model": {"resnet32_variant": "abd"}})
+    assert rd.model.network_revision == 2
+    assert abd.model.network_revision == 1
+    # revision 1 adds nothing: fingerprints of every other network are what they were
+    data = config_to_dict(abd)
+    data.pop("runtime")
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert fingerprint(abd) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    data = config_to_dict(rd)
+    data.pop("runtime")
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert fingerprint(rd) != hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def test_rdfcil_features_can_be_negative_abd_cannot() -> None:

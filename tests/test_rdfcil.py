@@ -190,6 +190,19 @@ def test_stage_b_changes_only_the_heads(tmp_path):
     assert any("running_mean" in k for k in backbone) and not changed & set(backbone)
     records = [r for r in trainer.log.records if r["event"] == "epoch" and r["task"] == 2]
     assert [(r["phase"], r["lr"]) for r in records] == [("main", 0.05)] * 2 + [("refine", 0.005)] * 2
+    # the test accuracy before the refinement is logged between the two phases, and is the
+    # accuracy of the network as the refinement found it (the one-phase first task has none)
+    task_two = [(r["event"], r.get("phase")) for r in trainer.log.records if r.get("task") == 2
+                and r["event"] in ("epoch", "phase_eval", "eval")]
+    assert task_two == [("epoch", "main")] * 2 + [("phase_eval", "main")] + [("epoch", "refine")] * 2 + [("eval", None)]
+    assert not [r for r in trainer.log.records if r["event"] == "phase_eval" and r["task"] == 1]
+    before = next(r for r in trainer.log.records if r["event"] == "phase_eval")
+    after = next(r for r in trainer.log.records if r["event"] == "eval" and r["task"] == 2)
+    trainer.model.load_state_dict(spy.before_refine)
+    evaluation = trainer._test_evaluation(trainer.scenario.tasks[1])[0]
+    assert (before["accuracy"], before["old"], before["new"]) == (evaluation.accuracy, evaluation.old, evaluation.new)
+    trainer.model.load_state_dict(spy.after_task)
+    assert trainer._test_evaluation(trainer.scenario.tasks[1])[0].accuracy == after["accuracy"]
     weights = adaptive_loss_weights(2, 2, 0.5, 0.15, 0.5)
     assert records[0]["weights"] == pytest.approx({"local_ce": weights.ce, "hkd": weights.hkd, "rkd": weights.rkd})
     assert records[-1]["weights"] == pytest.approx({"balanced_ce": 0.5, "hkd": weights.hkd})

@@ -85,6 +85,47 @@ def test_model_file_refuses_foreign_truncated_and_inconsistent_files(tmp_path):
         load_model(tmp_path / "missing.safetensors")
 
 
+def _rewrite_architecture(path: Path, out: Path, **changes: object) -> None:
+    """Copy a model file with its metadata's architecture changed (None removes a key)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    data = json.loads(metadata["dfcil"])
+    for key, value in changes.items():
+        if value is None:
+            data["architecture"].pop(key)
+        else:
+            data["architecture"][key] = value
+    save_file(tensors, str(out), metadata={**metadata, "dfcil": json.dumps(data)})
+
+
+def test_model_files_of_an_older_network_revision_are_refused_others_still_load(tmp_path, capsys):
+    info = _info(["a", "b"], [2])
+    assert info.architecture.network_revision == 2  # resnet32 'rdfcil' today: no ReLU after additions
+    path = tmp_path / "m.safetensors"
+    save_model(path, info, info.architecture.build(info.head_sizes).state_dict())
+    assert load_model(path)[0].architecture.network_revision == 2
+    # a file written before revisions were recorded holds the 30-ReLU 'rdfcil' network
+    old = tmp_path / "old.safetensors"
+    _rewrite_architecture(path, old, network_revision=None)
+    with pytest.raises(ModelFileError, match="revision 1 .* builds revision 2"):
+        load_model(old)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["predict", str(old), str(image)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "old.safetensors" in err[0] and "retrain" in err[0]
+    # the 'abd' network did not change: an old file of it still loads
+    abd = _info(["a", "b"], [2])
+    abd = ModelInfo(Architecture("resnet32", "abd"), abd.input, abd.class_names, abd.head_sizes, abd.history)
+    save_model(path, abd, abd.architecture.build(abd.head_sizes).state_dict())
+    _rewrite_architecture(path, old, network_revision=None)
+    assert load_model(old)[0].architecture.network_revision == 1
+
+
 def test_cli_refuses_a_foreign_model_in_one_line(tmp_path, capsys):
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"\x00" * 100)

@@ -87,6 +87,22 @@ class ModelConfig:
         """Check value ranges."""
         require(self.head_init_std is None or self.head_init_std > 0, join(path, "head_init_std"), "must be > 0")
 
+    @property
+    def network_revision(self) -> int:
+        """Revision of the network this section builds (see :data:`NETWORK_REVISIONS`)."""
+        key = self.backbone if self.backbone != "resnet32" else f"resnet32/{self.resnet32_variant}"
+        return NETWORK_REVISIONS.get(key, 1)
+
+
+#: Revision of a backbone's forward computation, by ``backbone`` or ``resnet32/<variant>``
+#: (absent: 1). It goes up when the network the code builds for an unchanged config changes while
+#: its parameters keep their names and shapes, so that older weights would load without complaint
+#: into the newer network: it enters the run fingerprint (older checkpoints are refused, suites do
+#: not adopt older runs) and model files. ``resnet32/rdfcil`` 2: no ReLU after any residual addition
+#: (16 ReLUs per forward, the network of R-DFCIL's code); revision 1 kept a ReLU after every
+#: addition but the last (30 ReLUs).
+NETWORK_REVISIONS: dict[str, int] = {"resnet32/rdfcil": 2}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -260,5 +276,7 @@ def fingerprint(config: Config) -> str:
     """Hash of everything that determines the result of a run (``runtime`` excluded)."""
     data = config_to_dict(config)
     data.pop("runtime", None)
+    if config.model.network_revision != 1:  # revision 1 is left out: earlier fingerprints stay valid
+        data["model"]["network_revision"] = config.model.network_revision
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -34,6 +34,11 @@ class RunLog:
                     and not position.task_done
                     and (record["phase_index"], record["epoch"]) > (position.phase, position.epoch)
                 )
+            elif record.get("event") == "phase_eval":  # written after the phase's last checkpoint
+                task = record["task"] - 1
+                later = task > position.task or (
+                    task == position.task and not position.task_done and record["phase_index"] >= position.phase
+                )
             elif record.get("event") == "eval":
                 task = record["task"] - 1
                 later = task > position.task or (task == position.task and not position.task_done)

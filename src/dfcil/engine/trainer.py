@@ -33,7 +33,7 @@ from dfcil.data import DatasetArrays
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.evaluate import predict, predict_logits
-from dfcil.engine.results import RunResults, evaluate_task
+from dfcil.engine.results import RunResults, TaskEvaluation, evaluate_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
 from dfcil.errors import ConfigError, DataError, DfcilError
@@ -343,7 +343,9 @@ class Trainer:
         labels = self.test_data.labels[indices]
         return 100.0 * float((logits[:, :num_classes].argmax(dim=1) == labels).float().mean())
 
-    def _evaluate(self, task: Task) -> None:
+    def _test_evaluation(self, task: Task) -> tuple[TaskEvaluation, int, float]:
+        """The model's evaluation on the test images of every class seen by ``task``: the
+        evaluation, the number of images and the seconds it took (no random numbers used)."""
         indices = self.test_data.indices_of(0, task.stop)
         start = time.perf_counter()
         logits, features = predict(
@@ -353,7 +355,10 @@ class Trainer:
         logits, features = self.dist.gather_rows(logits), self.dist.gather_rows(features)
         seconds = time.perf_counter() - start
         labels = self.test_data.labels[indices].numpy()
-        evaluation = evaluate_task(logits, labels, self.scenario, task, features)
+        return evaluate_task(logits, labels, self.scenario, task, features), len(indices), seconds
+
+    def _evaluate(self, task: Task) -> None:
+        evaluation, images, seconds = self._test_evaluation(task)
         self.results.evaluations.append(evaluation)
         self.log.append(
             {
@@ -363,8 +368,8 @@ class Trainer:
                 "old": evaluation.old,
                 "new": evaluation.new,
                 "matrix_row": evaluation.matrix_row,
-                "images": len(indices),
-                "images_per_s": len(indices) / max(seconds, 1e-9),
+                "images": images,
+                "images_per_s": images / max(seconds, 1e-9),
             }
         )
         if not self.dist.is_main:
@@ -376,6 +381,15 @@ class Trainer:
             f"{evaluation.accuracy:.2f} (old {_fmt(evaluation.old)}, new {_fmt(evaluation.new)})",
             file=sys.stderr,
         )
+
+    def _evaluate_phase(self, task: Task, phase: Phase, phase_index: int) -> None:
+        """Log the test accuracy at the end of a phase that another phase of the task follows
+        (``phase_eval`` records: e.g. R-DFCIL before its head refinement, so that the refinement's
+        gain is measured). Uses no random numbers and changes no state: the run is the same."""
+        evaluation = self._test_evaluation(task)[0]
+        self.log.append({"event": "phase_eval", "task": task.index + 1, "phase": phase.name,
+                         "phase_index": phase_index, "accuracy": evaluation.accuracy,
+                         "old": evaluation.old, "new": evaluation.new})
 
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` content for the tasks evaluated so far."""
@@ -494,6 +508,8 @@ class Trainer:
                         f"{stats.images / max(stats.seconds, 1e-9):.0f} img/s",
                         file=sys.stderr,
                     )
+                if phase_index < len(phases) - 1:
+                    self._evaluate_phase(task, phase, phase_index)
             self._set_trainable(Phase.main(self.config.train))
             self.method.finish_task(self.model, task)
             self.dist.check_replicas(self.model, f"task {task.index + 1}")

@@ -129,12 +129,11 @@ def make_stage(
     num_blocks: int,
     stride: int,
     shortcut: ShortcutKind = "projection",
-    last_relu: bool = True,
+    relu_after_add: bool = True,
 ) -> nn.Sequential:
     """Stack ``num_blocks`` basic blocks; only the first one may change stride/width.
 
-    ``last_relu=False`` removes the ReLU after the residual addition of the
-    stage's last block.
+    ``relu_after_add=False`` removes the ReLU after the residual addition of every block.
     """
     if num_blocks < 1:
         raise ValueError(f"a stage needs at least one block, got {num_blocks}")
@@ -147,7 +146,7 @@ def make_stage(
                 out_channels,
                 stride=stride if first else 1,
                 shortcut=shortcut,
-                final_relu=last_relu or index < num_blocks - 1,
+                final_relu=relu_after_add,
             )
         )
     return nn.Sequential(*blocks)
@@ -200,19 +199,18 @@ def basic_resnet_stages(
     widths: tuple[int, ...],
     depths: tuple[int, ...],
     shortcut: ShortcutKind = "projection",
-    last_relu: bool = True,
+    relu_after_add: bool = True,
 ) -> nn.Sequential:
     """Build the stages of a basic-block ResNet; every stage after the first has stride 2.
 
-    ``last_relu=False`` drops the ReLU after the network's very last residual
-    addition (only the final stage is affected).
+    ``relu_after_add=False`` drops the ReLU after every residual addition (each block is then
+    conv-BN-ReLU-conv-BN + shortcut, with nothing after the sum).
     """
     if len(widths) != len(depths) or not widths:
         raise ValueError(f"widths {widths} and depths {depths} must be non-empty and of equal length")
     stages = []
     channels = in_channels
     for index, (width, depth) in enumerate(zip(widths, depths)):
-        is_last = index == len(widths) - 1
         stages.append(
             make_stage(
                 channels,
@@ -220,7 +218,7 @@ def basic_resnet_stages(
                 depth,
                 stride=1 if index == 0 else 2,
                 shortcut=shortcut,
-                last_relu=last_relu or not is_last,
+                relu_after_add=relu_after_add,
             )
         )
         channels = width

@@ -9,7 +9,6 @@ from .resnet import RESNET_WIDTHS
 
 ResNet32Variant = Literal["rdfcil", "abd"]
 
-
 def resnet32(variant: ResNet32Variant = "rdfcil") -> ResNetTrunk:
     """Build the CIFAR ResNet-32 feature extractor (64-d feature, 463,504 parameters).
 
@@ -19,10 +18,15 @@ def resnet32(variant: ResNet32Variant = "rdfcil") -> ResNetTrunk:
     padding); global average pooling.
 
     Args:
-        variant: ``"rdfcil"`` omits the ReLU after the network's last residual
-            addition (features may be negative) and zero-initialises the
-            second BN gamma of every block; ``"abd"`` keeps every ReLU and the
-            default BN init (gamma 1, beta 0).
+        variant: ``"rdfcil"`` is the network of R-DFCIL's code (arXiv:2207.09213; the
+            iCaRL / PODNet CifarResNet of its cl-lite library with ``last_relu=False``):
+            every block is conv-BN-ReLU-conv-BN plus the shortcut with **no** ReLU after the
+            addition, and none between blocks, so a forward applies 16 ReLUs (stem + one
+            inside each of the 15 blocks) and the pooled feature may be negative; the
+            second BN gamma of every block starts at zero. ``"abd"`` (ABD's code,
+            arXiv:2106.09701) keeps a ReLU after every addition (31 ReLUs) and the
+            default BN init (gamma 1, beta 0). The revision of each variant's computation is
+            :meth:`dfcil.config.ModelConfig.network_revision`.
 
     Returns:
         A module mapping ``(N, 3, 32, 32)`` images to ``(N, 64)`` features,
@@ -34,7 +38,7 @@ def resnet32(variant: ResNet32Variant = "rdfcil") -> ResNetTrunk:
     is_rdfcil = variant == "rdfcil"
     widths = (16, 32, 64)
     stages = basic_resnet_stages(
-        widths[0], widths, (5, 5, 5), shortcut="option_a", last_relu=not is_rdfcil
+        widths[0], widths, (5, 5, 5), shortcut="option_a", relu_after_add=not is_rdfcil
     )
     model = ResNetTrunk(conv_stem(widths[0]), stages, feature_dim=widths[-1])
     init_weights(model)

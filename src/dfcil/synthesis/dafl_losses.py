@@ -6,6 +6,7 @@ the inputs of its BatchNorm layers) on a batch of generated images.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -20,10 +21,13 @@ def one_hot_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, logits.argmax(dim=1))
 
 
-def class_diversity_loss(logits: torch.Tensor) -> torch.Tensor:
-    """``l_cd = -H(mean_i softmax(o_i))`` (natural log): lowest, ``-log K``, for balanced classes."""
+def class_diversity_loss(logits: torch.Tensor, log_base: Literal["e", "10"] = "e") -> torch.Tensor:
+    """``l_cd = -H(mean_i softmax(o_i))``: lowest, ``-log K``, for balanced classes. ``log_base``
+    ``"10"`` takes the entropy in decimal digits (MFGR's code: ``log10``), 1 / ln 10 = 0.434 of
+    the natural-log value."""
     probs = F.softmax(logits.float(), dim=1).mean(dim=0)
-    return (probs * torch.log(probs.clamp_min(1e-12))).sum()
+    entropy_nats = (probs * torch.log(probs.clamp_min(1e-12))).sum()
+    return entropy_nats / math.log(10.0) if log_base == "10" else entropy_nats
 
 
 def bn_moment_loss(stats: list[BatchNormInput], reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:

@@ -37,15 +37,43 @@ class Architecture:
     resnet32_variant: str = "rdfcil"
     resnet18_stem: str = "imagenet"
     head_init_std: float | None = None
+    network_revision: int | None = None  # None: the revision this dfcil builds (files without it: 1)
+
+    def __post_init__(self) -> None:
+        if self.network_revision is None:
+            object.__setattr__(self, "network_revision", self._current_revision())
+
+    def _current_revision(self) -> int:
+        """The revision of the network this dfcil builds for these settings."""
+        return ModelConfig(**self.to_config()).network_revision  # type: ignore[arg-type]
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "Architecture":
         """The architecture of an experiment's ``model`` section."""
-        return cls(config.backbone, config.resnet32_variant, config.resnet18_stem, config.head_init_std)
+        return cls(
+            config.backbone,
+            config.resnet32_variant,
+            config.resnet18_stem,
+            config.head_init_std,
+            config.network_revision,
+        )
 
     def to_config(self) -> dict[str, Any]:
         """The ``model`` section of an experiment config that builds this architecture."""
-        return asdict(self)
+        section = asdict(self)
+        section.pop("network_revision")
+        return section
+
+    def check_buildable(self, origin: str) -> None:
+        """Raise :class:`ModelFileError` when this code builds another network for these settings
+        than the one whose weights the file holds (an older revision; ``origin`` names the file)."""
+        current = self._current_revision()
+        if self.network_revision != current:
+            raise ModelFileError(
+                f"{origin} holds revision {self.network_revision} of the {self.backbone} "
+                f"'{self.resnet32_variant}' network, this dfcil builds revision {current} "
+                "(its ReLU layout changed); retrain the model with this version"
+            )
 
     def build(self, head_sizes: list[int]) -> IncrementalClassifier:
         """A freshly initialised network with heads of ``head_sizes`` (CPU, fp32)."""
@@ -98,7 +126,8 @@ class ModelInfo:
             if data.get("format_version") != FORMAT_VERSION:
                 raise ModelFileError(f"{origin}: unsupported dfcil model format version {data.get('format_version')!r}")
             info = cls(
-                architecture=Architecture(**data["architecture"]),
+                # files written before revisions were recorded hold revision-1 networks
+                architecture=Architecture(**{"network_revision": 1, **data["architecture"]}),
                 input=InputSpec(int(data["input"]["size"]), tuple(data["input"]["mean"]), tuple(data["input"]["std"])),
                 class_names=[str(name) for name in data["class_names"]],
                 head_sizes=[int(size) for size in data["head_sizes"]],
@@ -108,6 +137,7 @@ class ModelInfo:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelFileError(f"{origin}: damaged dfcil metadata ({type(error).__name__}: {error})") from None
+        info.architecture.check_buildable(origin)
         if sum(info.head_sizes) != len(info.class_names) or len(set(info.class_names)) != len(info.class_names):
             raise ModelFileError(f"{origin}: damaged dfcil metadata (class names do not match the heads)")
         return info

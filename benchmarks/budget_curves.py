@@ -1,0 +1,184 @@
+"""Budget curves on cifar100-mini: collect the runs of ``suites/mini_budget.yaml`` and tabulate them.
+
+Copies every complete run of the suite's output folder (without checkpoints) into
+``benchmarks/results/mini/budget/<run>/`` and writes ``benchmarks/results/mini/budget/README.md``:
+one table per factor (the network, R-DFCIL's refinement budget, the generator budget), each row the
+mean ± standard deviation over the seeds present of
+
+- A_N: accuracy on all 20 classes after the last task;
+- old / new: accuracy on the old classes' and on the last task's test images (all-class argmax);
+- old among old: the old classes' accuracy when the argmax is restricted to the old classes
+  (what the feature extractor and the old heads kept, without the bias towards the new heads);
+- the refinement gain after each task (R-DFCIL: accuracy after its head refinement minus the
+  accuracy logged before it, the ``phase_eval`` record);
+- the old model's mean confidence on generated batches at the generator's last logged step,
+  per task.
+
+Rows for the network before the fix (revision 1: a ReLU after every residual addition but the
+last) come from the committed mini suite, ``benchmarks/results/suites/mini``.
+
+Usage::
+
+    python benchmarks/budget_curves.py RUNS [--out benchmarks/results/mini/budget]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from dfcil.atomic import write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "mini" / "budget"
+OLD_NETWORK_SUITE = ROOT / "benchmarks" / "results" / "suites" / "mini"
+KEPT_FILES = ("metrics.json", "config.yaml", "run.json", "log.jsonl", "suite.json")
+
+#: Tables: (title, what it varies, [(row label, budget label or old-network method)])
+FACTORS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("Network", "R-DFCIL's ResNet-32 before (revision 1, 30 ReLUs: the committed mini suite) and after "
+     "the fix (revision 2, 16 ReLUs, heads from N(0, 0.001^2)); today's mini budget",
+     [("abd, network rev. 1", "old:abd"), ("abd, network rev. 2", "abd-gen-300"),
+      ("rdfcil, network rev. 1", "old:rdfcil"), ("rdfcil, network rev. 2", "rdfcil-gen-300")]),
+    ("Refinement budget", "R-DFCIL's head refinement: 5 epochs at lr 0.005 (100 steps, sum of lr 0.5); "
+     "the authors' sum of lr with the same steps (lr 0.04, sum 4.0); the papers' 40 epochs (800 "
+     "steps at 0.005, sum 4.0). abd has no refinement: its row is the reference",
+     [("abd", "abd-gen-300"), ("rdfcil, refine 5 ep. x 0.005", "rdfcil-gen-300"),
+      ("rdfcil, refine 5 ep. x 0.04", "rdfcil-gen-300-refine-lr-0.04"),
+      ("rdfcil, refine 40 ep. x 0.005", "rdfcil-gen-300-refine-40")]),
+    ("Generator budget", "generator steps per task: today's 300 against the papers' 5,000",
+     [("abd, 300 steps", "abd-gen-300"), ("abd, 5,000 steps", "abd-gen-5000"),
+      ("rdfcil, 300 steps", "rdfcil-gen-300"), ("rdfcil, 5,000 steps", "rdfcil-gen-5000")]),
+]
+
+
+def read_run(run_dir: Path) -> dict[str, Any] | None:
+    """The figures of one complete run (None when it is not complete)."""
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    if not metrics.get("complete"):
+        return None
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    final = metrics["old_new_accuracy"][-1]
+    among_old = metrics["per_old_class_accuracy_among_old_per_step"][-1]
+    before = {r["task"]: r["accuracy"] for r in log if r["event"] == "phase_eval"}
+    after = {r["task"]: r["accuracy"] for r in log if r["event"] == "eval"}
+    confidence: dict[int, float] = {}
+    for record in log:
+        if record["event"] == "synthesis" and "confidence" in record:
+            confidence[record["task"]] = record["confidence"]  # the last logged step wins
+    tasks = len(metrics["accuracy_per_step"])
+    return {
+        "seed": metrics["seed"],
+        "last": metrics["last_accuracy"],
+        "old": final["old"],
+        "new": final["new"],
+        "old_among_old": statistics.fmean(among_old),
+        "accuracy_per_step": metrics["accuracy_per_step"],
+        "refine_gain": [after[t] - before[t] if t in before else None for t in range(2, tasks + 1)],
+        "confidence": [confidence.get(t) for t in range(2, tasks + 1)],
+        "minutes": metrics["wall_time_s"] / 60,
+    }
+
+
+def _mean_std(values: list[float | None]) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    if len(present) == 1:
+        return f"{present[0]:.2f}"
+    return f"{statistics.fmean(present):.2f} ± {statistics.stdev(present):.2f}"
+
+
+def _per_task(runs: list[dict[str, Any]], key: str, digits: int) -> str:
+    columns = list(zip(*[run[key] for run in runs]))
+    cells = []
+    for column in columns:
+        present = [v for v in column if v is not None]
+        cells.append(f"{statistics.fmean(present):+.{digits}f}" if present and key == "refine_gain"
+                     else f"{statistics.fmean(present):.{digits}f}" if present else "-")
+    return " / ".join(cells)
+
+
+def collect(runs_root: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Copy the complete runs of ``runs_root`` into ``out`` and read them, by budget label."""
+    by_budget: dict[str, list[dict[str, Any]]] = {}
+    sources = [p for p in sorted(runs_root.iterdir()) if (p / "suite.json").exists()] if runs_root.is_dir() else []
+    sources += [p for p in sorted(out.iterdir()) if (p / "suite.json").exists()] if out.is_dir() else []
+    seen: set[str] = set()
+    for run_dir in sources:
+        if run_dir.name in seen:
+            continue
+        figures = read_run(run_dir)
+        if figures is None:
+            continue
+        seen.add(run_dir.name)
+        target = out / run_dir.name
+        if run_dir.resolve() != target.resolve():
+            staging = out / f".{run_dir.name}.copying"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            for name in KEPT_FILES:
+                if (run_dir / name).exists():
+                    shutil.copy2(run_dir / name, staging / name)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        label = json.loads((run_dir / "suite.json").read_text())["labels"]["budget"]
+        by_budget.setdefault(label, []).append(figures)
+    for method in ("abd", "rdfcil"):
+        old_runs = [read_run(p) for p in sorted(OLD_NETWORK_SUITE.glob(f"method-{method}__seed-*"))]
+        by_budget[f"old:{method}"] = [run for run in old_runs if run is not None]
+    return by_budget
+
+
+def tables(by_budget: dict[str, list[dict[str, Any]]]) -> str:
+    """The README's factor tables."""
+    parts = []
+    for title, description, rows in FACTORS:
+        parts += [f"## {title}", "", description + ".", "",
+                  "| run | seeds | A_N | old / new | old among old | refinement gain, tasks 2 / 3 / 4 "
+                  "| generator confidence, tasks 2 / 3 / 4 | minutes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, budget in rows:
+            runs = sorted(by_budget.get(budget, []), key=lambda run: run["seed"])
+            if not runs:
+                parts.append(f"| {label} | not run | | | | | | |")
+                continue
+            seeds = ", ".join(str(run["seed"]) for run in runs)
+            gain = _per_task(runs, "refine_gain", 2) if any(g is not None for r in runs for g in r["refine_gain"]) else "-"
+            parts.append(
+                f"| {label} | {seeds} | {_mean_std([r['last'] for r in runs])} "
+                f"| {_mean_std([r['old'] for r in runs])} / {_mean_std([r['new'] for r in runs])} "
+                f"| {_mean_std([r['old_among_old'] for r in runs])} | {gain} "
+                f"| {_per_task(runs, 'confidence', 3)} | {statistics.fmean(r['minutes'] for r in runs):.1f} |"
+            )
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, help="output folder of `dfcil suite suites/mini_budget.yaml`")
+    parser.add_argument("--out", type=Path, default=OUT, help="results folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if not args.runs.is_dir():
+        print(f"budget_curves: error: {args.runs} is not a directory", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    by_budget = collect(args.runs, args.out)
+    header = (ROOT / "benchmarks" / "results" / "mini" / "budget" / "HEADER.md")
+    intro = header.read_text() if header.exists() else "# Budget curves on cifar100-mini\n\n"
+    write_text(args.out / "README.md", intro + tables(by_budget))
+    print(args.out / "README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
