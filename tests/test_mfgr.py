@@ -146,3 +146,25 @@ def test_mfgr_end_to_end(cifar, tmp_path, capsys):
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert last["method"]["synthesizer"] is None
     assert not any("generator" in p.name for p in run_dir.rglob("*") if p.is_file())
+
+
+def test_without_generative_replay_it_is_lwf_with_local_ce_and_mfgr_weights(tmp_path):
+    """MFGR's ablation row "LwF" (its Table 2): no generator, (1 - lambda4) local CE + lambda4 l_nkd."""
+    config = parse_config({
+        "data": {"dataset": "imagefolder"},
+        "scenario": {"order": "identity", "num_tasks": 2},
+        "train": {"epochs": 1, "batch_size": 16, "precision": "fp32", "schedule": "constant", "milestones": []},
+        "method": {"name": "mfgr", "generative_replay": False},
+        "runtime": {"progress": False, "device": "cpu"},
+    })
+    trainer = Trainer(config, tmp_path / "run", coloured_dataset())
+    trainer.run()
+    log = trainer.log.records
+    assert not [r for r in log if r["event"] == "synthesis"]  # no generator was trained
+    assert trainer.method.synthesizer.generator is None
+    epoch = next(r for r in log if r["event"] == "epoch" and r["task"] == 2)
+    lam = inheritance_weight(2, 4)  # coloured_dataset: 4 classes, 2 per task
+    assert set(epoch["losses"]) == {"local_ce", "real_kd"}
+    assert epoch["weights"] == pytest.approx({"local_ce": 1 - lam, "real_kd": lam})
+    with pytest.raises(Exception, match="real_kd"):
+        parse_config({"method": {"name": "mfgr", "generative_replay": False, "real_kd": False}})

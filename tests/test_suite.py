@@ -283,7 +283,7 @@ def test_time_left_is_estimated_from_complete_runs_that_differ_only_in_seed(tmp_
 
 def test_shipped_suites_are_valid():
     mini = load_suite(REPO / "suites" / "mini.yaml")
-    assert len(mini.runs) == 8 * 3
+    assert len(mini.runs) == 9 * 3  # 8 methods + MFGR's own LwF baseline (mfgr-lwf)
     for table, protocols in (("rdfcil_table1", ("N5", "N10", "N20")), ("rdfcil_table2", ("N6", "N11", "N26"))):
         suite = load_suite(REPO / "suites" / f"{table}.yaml")
         assert len(suite.runs) == 3 * 6 * 3
@@ -324,3 +324,46 @@ def test_a_second_suite_leaves_runs_another_process_trains_alone(tmp_path, tiny_
     assert outcome["running_elsewhere"] == ["method-joint__seed-0"] and outcome["done"] == ["method-ft__seed-0"]
     assert started == [("method-ft__seed-0", True)]  # after the joint run ended, not beside it
     assert "skip method-joint__seed-0: another process is training it" in capsys.readouterr().err
+
+
+def test_runs_of_one_first_task_wait_for_it_and_start_from_it(tmp_path, tiny_tree, monkeypatch):
+    """Fake processes: ft and lwf of seed 0 train the same first task, so lwf starts only when ft
+    has finished it, from it, while seed 1's runs (another first task) fill the other slot."""
+    suite = load_suite(_write_suite(tmp_path, tiny_tree, "  seed: [0, 1]\n  method:\n"
+                                    "    ft: {method.name: finetune}\n    lwf: {method.name: lwf}\n"))
+    assert suite.runs[0].first_task_key() == suite.runs[1].first_task_key()  # seed 0: ft, lwf
+    assert suite.runs[0].first_task_key() != suite.runs[2].first_task_key()  # another seed
+    out = tmp_path / "out"
+    started: list[tuple[str, list[str], list[str]]] = []
+    running: dict[str, int] = {}
+
+    class FakeProcess:
+        def __init__(self, command, stdout=None, stderr=None):
+            self.name = Path(command[command.index("-o") + 1]).name
+            started.append((self.name, command, sorted(running)))
+            running[self.name] = 0
+
+        def poll(self):
+            running[self.name] += 1
+            run_dir = out / self.name
+            if running[self.name] == 3:  # the first task is done after 3 polls, the run after 6
+                (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+                (run_dir / "checkpoints" / "first_task.pt").write_bytes(b"")
+                (run_dir / "checkpoints" / "first_task.json").write_text("{}")
+            if running[self.name] < 6:
+                return None
+            del running[self.name]
+            (run_dir / "metrics.json").write_text(json.dumps({"complete": True}))
+            (run_dir / "config.yaml").write_text("{}")
+            return 0
+
+    monkeypatch.setattr(dfcil.suite.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(dfcil.suite.time, "sleep", lambda seconds: None)
+    outcome = execute_suite(suite, out, jobs=2)
+    assert len(outcome["done"]) == 4
+    by_name = {name: (command, others) for name, command, others in started}
+    assert [name for name, _, _ in started][:2] == ["seed-0__method-ft", "seed-1__method-ft"]
+    for seed in (0, 1):
+        command, _ = by_name[f"seed-{seed}__method-lwf"]
+        assert command[command.index("--first-task-from") + 1] == str(out / f"seed-{seed}__method-ft")
+        assert "--first-task-from" not in by_name[f"seed-{seed}__method-ft"][0]

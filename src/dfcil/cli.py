@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key by its dotted path, e.g. --set train.epochs=3 (repeatable)",
     )
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    run.add_argument(
+        "--first-task-from", type=Path, metavar="RUN_DIR",
+        help="start at task 2 from the completed first task of another run that trained it identically",
+    )
 
     commands.add_parser("methods", help="list the registered methods")
 
@@ -93,16 +97,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from dfcil.distributed import Distributed
+    from dfcil.first_task import recorded_identity as check_first_task_donor
     from dfcil.run import execute, prepare
 
     if args.resume is not None and args.output is not None and args.output != args.resume:
         raise DfcilError("--resume RUN_DIR and -o name different directories")
+    if args.resume is not None and args.first_task_from is not None:
+        raise DfcilError("--first-task-from starts a new run; a resumed run keeps the first task it has")
     config, run_dir, checkpoint = prepare(args.config, args.output, args.overrides, args.resume)
+    if args.first_task_from is not None:
+        check_first_task_donor(args.first_task_from)
     # under torchrun every process gets here before any of them writes (the group's rendezvous)
     dist = Distributed.from_environment(config.runtime.device)
     try:
         run_dir = dist.broadcast_object(run_dir)  # one directory even if the ranks' clocks differ
-        metrics = execute(config, run_dir, checkpoint, dist)
+        metrics = execute(config, run_dir, checkpoint, dist, first_task_from=args.first_task_from)
         dist.barrier()  # every rank done before the group is torn down (gloo can abort otherwise)
     finally:
         dist.close()

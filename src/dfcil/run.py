@@ -144,21 +144,26 @@ def prepare(
 
 
 def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None,
-            dist: Distributed = SINGLE) -> dict[str, Any]:
+            dist: Distributed = SINGLE, first_task_from: Path | None = None) -> dict[str, Any]:
     """Load data, write the run's config and provenance, train, and return the metrics.
+
+    ``first_task_from``: a new run starts at task 2 from that run's first task
+    (:mod:`dfcil.first_task`; checked to be the same first task).
 
     In a multi-process run (``dist``) rank 0 writes ``run_dir``; the other ranks train into a
     scratch directory that is deleted at the end.  Rank 0 holds the run directory's lock
     (:mod:`dfcil.runlock`) throughout: a second process on the same directory stops at once."""
     if dist.is_main:
         with hold_run_lock(run_dir):
-            return _execute(config, run_dir, checkpoint, dist)
+            return _execute(config, run_dir, checkpoint, dist, first_task_from)
     with tempfile.TemporaryDirectory(prefix=f"dfcil-rank{dist.rank}-") as scratch:
-        return _execute(config, Path(scratch), checkpoint, dist)
+        return _execute(config, Path(scratch), checkpoint, dist, first_task_from)
 
 
-def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, dist: Distributed) -> dict[str, Any]:
+def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, dist: Distributed,
+             first_task_from: Path | None = None) -> dict[str, Any]:
     from dfcil.engine.trainer import Trainer
+    from dfcil.first_task import adopt_first_task
 
     metrics_file = run_dir / "metrics.json"
     if checkpoint is not None and metrics_file.exists():
@@ -181,15 +186,16 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
     if dataset is None:
         dataset = load()
     trainer = Trainer(config, run_dir, dataset, upper_bound=_upper_accuracies(upper, config, dataset), dist=dist)
+    adopted = checkpoint is None and first_task_from is not None
+    if adopted:
+        checkpoint = adopt_first_task(first_task_from, trainer)
     if not dist.is_main:
         return trainer.run(resume=checkpoint)
-    if checkpoint is None:
+    if checkpoint is None or adopted:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    sessions = []
     run_file = run_dir / RUN_FILE
-    if run_file.exists():
-        sessions = json.loads(run_file.read_text()).get("sessions", [])
+    sessions = _sessions(run_file)
     sessions.append(
         {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -200,12 +206,26 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
             "device": str(trainer.device),
             "precision": trainer.env.precision,
             "data": dataset.source,
-            "resumed_from": None if checkpoint is None else vars(checkpoint.position),
+            "resumed_from": None if checkpoint is None or adopted else vars(checkpoint.position),
             "processes": dist.world_size,
         }
     )
+    if adopted:
+        donor_sessions = _sessions(first_task_from / RUN_FILE)
+        sessions[-1]["first_task_from"] = {
+            "run_dir": str(first_task_from.resolve()),
+            "commit": donor_sessions[0].get("commit") if donor_sessions else None,
+            "wall_time_s": checkpoint.wall_time_s,
+        }
     write_json(run_file, {"fingerprint": fingerprint(config), "sessions": sessions})
     return trainer.run(resume=checkpoint)
+
+
+def _sessions(run_file: Path) -> list[dict[str, Any]]:
+    """The ``sessions`` of a ``run.json`` (none when the file does not exist)."""
+    if not run_file.exists():
+        return []
+    return json.loads(run_file.read_text()).get("sessions", [])
 
 
 def _upper_accuracies(upper: dict[str, Any] | None, config: Config, dataset: Any) -> list[float] | None:

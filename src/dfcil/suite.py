@@ -44,7 +44,9 @@ import yaml
 from dfcil.atomic import write_json
 from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
 from dfcil.errors import ConfigError
+from dfcil.first_task import first_task_identity, has_first_task
 from dfcil.runlock import is_run_locked
+from dfcil.scenario import KNOWN_CLASS_COUNTS, build_scenario
 
 SUITE_FILE = "suite.json"
 
@@ -61,6 +63,17 @@ class SuiteRun:
     def fingerprint(self) -> str:
         """The fingerprint of this run's resolved config (what is trained, not ``runtime``)."""
         return fingerprint(parse_config(apply_overrides(load_yaml_tree(self.config), list(self.overrides))))
+
+    def first_task_key(self) -> str:
+        """What determines this run's first task (:func:`dfcil.first_task.first_task_identity`),
+        as a string: runs with equal keys train the same first task."""
+        config = parse_config(apply_overrides(load_yaml_tree(self.config), list(self.overrides)))
+        classes = None
+        count = KNOWN_CLASS_COUNTS.get(config.data.dataset)
+        if count is not None:
+            scenario = build_scenario(config.scenario, count)
+            classes = scenario.order[scenario.tasks[0].start : scenario.tasks[0].stop]
+        return json.dumps(first_task_identity(config, classes), sort_keys=True)
 
     @property
     def is_joint(self) -> bool:
@@ -415,9 +428,11 @@ def _partner_joint(run: SuiteRun, joints: list[SuiteRun]) -> SuiteRun | None:
     return None
 
 
-def command_for(run: SuiteRun, out: Path, joints: list[SuiteRun], threads: int | None = None) -> list[str]:
+def command_for(run: SuiteRun, out: Path, joints: list[SuiteRun], threads: int | None = None,
+                first_task_from: Path | None = None) -> list[str]:
     """The ``dfcil run`` command line of ``run`` (a resume when it was interrupted); ``threads``
-    sets ``runtime.num_threads`` unless the run's own overrides do."""
+    sets ``runtime.num_threads`` unless the run's own overrides do; a new run starts from the
+    completed first task of the run directory ``first_task_from`` when one is given."""
     run_dir = out / run.name
     extra = ["--set", "runtime.progress=false"]
     if threads is not None and not any(item.startswith("runtime.num_threads=") for item in run.overrides):
@@ -429,6 +444,8 @@ def command_for(run: SuiteRun, out: Path, joints: list[SuiteRun], threads: int |
     partner = None if run.is_joint else _partner_joint(run, joints)
     if partner is not None and run_state(out / partner.name) == "complete":
         command += ["--set", f"runtime.upper_bound={out / partner.name}"]
+    if first_task_from is not None:
+        command += ["--first-task-from", str(first_task_from)]
     return command
 
 
@@ -468,13 +485,31 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False)
         if not set_aside(run):
             pending.append(run)
     threads = threads_per_job(jobs)
+    # runs that train the same first task share it: the first of a group to start trains it, the
+    # others start from it once it is done (dfcil.first_task)
+    keys = {run.name: run.first_task_key() for run in suite.runs}
+    groups: dict[str, list[SuiteRun]] = {}
+    for run in suite.runs:
+        groups.setdefault(keys[run.name], []).append(run)
+
+    def first_task_donor(run: SuiteRun) -> Path | None:
+        """A run directory of ``run``'s group with a completed first task, for a new run."""
+        if run_state(out / run.name) != "new":
+            return None
+        return next((out / other.name for other in groups[keys[run.name]]
+                     if other is not run and has_first_task(out / other.name)), None)
+
     if dry_run:
         for run in pending:
-            print(" ".join(command_for(run, out, joints, threads)))
+            print(" ".join(command_for(run, out, joints, threads, first_task_donor(run))))
         return outcome
     active: list[tuple[SuiteRun, subprocess.Popen[bytes], Any, float]] = []
 
     def waiting(run: SuiteRun) -> bool:
+        if run_state(out / run.name) == "new" and first_task_donor(run) is None and any(
+            keys[item[0].name] == keys[run.name] for item in active
+        ):
+            return True  # a run of its group is training the shared first task
         partner = None if run.is_joint else _partner_joint(run, joints)
         if partner is None:
             return False
@@ -494,7 +529,7 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False)
             write_json(run_dir / SUITE_FILE, _suite_record(suite, run))
             (out / "logs").mkdir(parents=True, exist_ok=True)
             log = open(out / "logs" / f"{run.name}.log", "ab")  # noqa: SIM115 - closed when the run ends
-            command = command_for(run, out, joints, threads)
+            command = command_for(run, out, joints, threads, first_task_donor(run))
             log.write(("+ " + " ".join(command) + "\n").encode())
             log.flush()
             print(f"[suite] start {run.name}", file=sys.stderr, flush=True)

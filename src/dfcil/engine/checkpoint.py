@@ -63,26 +63,32 @@ def save(run_dir: Path, checkpoint: Checkpoint) -> None:
     torch_save(run_dir / LAST, payload)
 
 
-def load(run_dir: Path, config: Config) -> Checkpoint | None:
-    """The last checkpoint of ``run_dir`` (None when there is none), checked against ``config``."""
-    path = run_dir / LAST
-    if not path.exists():
-        return None
+def read(path: Path) -> Checkpoint:
+    """The checkpoint in the file ``path``, whatever run it belongs to (one-line errors)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
         raise RunDirError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise RunDirError(f"{path} is not a dfcil checkpoint of format {FORMAT_VERSION}")
-    expected = run_fingerprint(config)
-    if payload.get("fingerprint") != expected:
-        raise RunDirError(
-            f"{path} belongs to another run (config fingerprint {payload.get('fingerprint')}, expected {expected})"
-        )
     payload.pop("format")
     payload["position"] = Position(**payload["position"])
     payload["scheduler"] = _repair_milestones(payload.get("scheduler"))
     return Checkpoint(**payload)
+
+
+def load(run_dir: Path, config: Config) -> Checkpoint | None:
+    """The last checkpoint of ``run_dir`` (None when there is none), checked against ``config``."""
+    path = run_dir / LAST
+    if not path.exists():
+        return None
+    checkpoint = read(path)
+    expected = run_fingerprint(config)
+    if checkpoint.fingerprint != expected:
+        raise RunDirError(
+            f"{path} belongs to another run (config fingerprint {checkpoint.fingerprint}, expected {expected})"
+        )
+    return checkpoint
 
 
 def _repair_milestones(state: dict[str, Any] | None) -> dict[str, Any] | None:

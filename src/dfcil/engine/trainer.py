@@ -34,6 +34,7 @@ from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.evaluate import predict, predict_logits
 from dfcil.engine.results import RunResults, TaskEvaluation, evaluate_task
+from dfcil.first_task import first_task_identity, save_first_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
 from dfcil.errors import ConfigError, DataError, DfcilError
@@ -202,6 +203,11 @@ class Trainer:
         model = self.make_model(head_sizes)
         model.load_state_dict(state)
         self.model = model
+
+    def first_task_identity(self) -> dict[str, Any]:
+        """What determines this run's first task (:func:`dfcil.first_task.first_task_identity`)."""
+        first = self.scenario.tasks[0]
+        return first_task_identity(self.config, self.scenario.order[first.start : first.stop])
 
     def _generators(self) -> dict[str, torch.Generator]:
         generators = {"sample": self.sample_generator}
@@ -519,6 +525,8 @@ class Trainer:
             if self.dist.is_main:
                 ckpt.save_task_model(self.run_dir, task.index, self.model, self.scenario)
                 write_json(self.run_dir / "metrics.json", self.metrics())
+                if task.index == 0:
+                    save_first_task(self.run_dir, self.first_task_identity())
             position = ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True)
             resume = None
         tick()

@@ -62,6 +62,7 @@ class ABD(SyntheticReplayMethod):
     name = "abd"
     description = "Always Be Dreaming: local CE + importance-weighted feature KD + head fine-tuning on synthetic replay"
     Options = ABDOptions
+    plain_first_task = True
 
     def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
         """The three ABD losses (plain CE in the first task)."""

@@ -118,6 +118,10 @@ class Method:
 
     name: ClassVar[str]
     description: ClassVar[str]
+    #: Whether the first task is plain CE over its classes (the engine's main phase, the same random
+    #: numbers as finetune) and the method's state after it is never read before the second task
+    #: rebuilds it: such a run can start from another's first task (:mod:`dfcil.first_task`).
+    plain_first_task: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any, env: RunEnv) -> None:

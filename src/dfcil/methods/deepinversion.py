@@ -49,6 +49,7 @@ class DeepInversion(SyntheticReplayMethod):
     name = "deepinversion"
     description = "DeepInversion-KD: CE + KD on real data + KD over all seen classes on synthetic images"
     Options = DeepInversionOptions
+    plain_first_task = True
 
     def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
         """CE + KD(real, old classes) + KD(synthetic, all seen, zero-padded teacher)."""

@@ -12,6 +12,7 @@ class Finetune(Method):
 
     name = "finetune"
     description = "lower bound: cross-entropy over all seen classes on the new task's data only"
+    plain_first_task = True
 
     def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
         """CE over the classes seen so far."""

@@ -29,6 +29,7 @@ class Joint(Method):
     name = "joint"
     description = "upper bound: CE on the union of all seen tasks' data, retrained at each step"
     Options = JointOptions
+    plain_first_task = True
 
     def train_label_range(self, task: Task) -> tuple[int, int]:
         """All classes seen so far."""

@@ -38,6 +38,7 @@ class LwF(Method):
     name = "lwf"
     description = "Learning without Forgetting: CE + KD (T = 2) from the previous model on new data"
     Options = LwFOptions
+    plain_first_task = True
 
     def __init__(self, options: LwFOptions, env: RunEnv) -> None:
         super().__init__(options, env)

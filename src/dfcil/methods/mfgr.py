@@ -114,11 +114,17 @@ class MFGROptions:
     sample_diversity: bool = True  # ablation "without l_div"
     bn_alignment: bool = True  # ablation "without l_bn"
     real_kd: bool = True  # ablation "without l_nkd"
+    # false: no generator at all, L = (1 - lambda4) l_ce + lambda4 l_nkd: the "LwF" row of MFGR's
+    # ablation (its Table 2), LwF with MFGR's local CE and weighting, which splits MFGR's gain over
+    # plain lwf into the local CE and the generative replay
+    generative_replay: bool = True
     synthesis: KnowledgeRecordingOptions = field(default_factory=KnowledgeRecordingOptions)
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
         require(self.temperature > 0, join(path, "temperature"), "must be > 0")
+        require(self.generative_replay or self.real_kd, join(path, "real_kd"),
+                "must be true without generative_replay (nothing would protect the old classes)")
 
 
 def inheritance_weight(num_old: int, num_seen: int) -> float:
@@ -142,6 +148,7 @@ class MFGR(SyntheticReplayMethod):
     name = "mfgr"
     description = "MFGR: DAFL generator with BN alignment and sample diversity; local CE + KD on generated and real images"
     Options = MFGROptions
+    plain_first_task = True
 
     def __init__(self, options: MFGROptions, env: RunEnv) -> None:
         synthesis = options.synthesis
@@ -152,6 +159,13 @@ class MFGR(SyntheticReplayMethod):
         super().__init__(options, env)
         self.options: MFGROptions = options
 
+    def prepare_task(self, model: IncrementalClassifier, task: Task) -> None:
+        """Snapshot the old model and, with generative replay, train the task's generator."""
+        if self.options.generative_replay:
+            super().prepare_task(model, task)
+        else:
+            self.old.snapshot(model)
+
     def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
         """The knowledge-inheritance loss (plain CE in the first task)."""
         if task.num_old == 0:
@@ -159,15 +173,14 @@ class MFGR(SyntheticReplayMethod):
         assert self.old.model is not None
         opts = self.options
         lam = inheritance_weight(task.num_old, task.num_seen)
-        count = generated_batch_size(len(batch.labels), task.num_old, task.num_new, opts.generated_batch)
-        generated = self.synthesizer.sample(self.old.model, count, task.num_old)
         out = model(batch.images)
-        out_generated = model(generated.images.to(batch.images.dtype))
-        losses = {
-            "local_ce": Loss(local_cross_entropy(out.logits, batch.labels, task.start, task.stop), 1.0 - lam),
-            "generated_kd": Loss(soft_cross_entropy(out_generated.logits[:, : task.num_old], generated.old_logits,
-                                                    opts.temperature), lam),
-        }
+        losses = {"local_ce": Loss(local_cross_entropy(out.logits, batch.labels, task.start, task.stop), 1.0 - lam)}
+        if opts.generative_replay:
+            count = generated_batch_size(len(batch.labels), task.num_old, task.num_new, opts.generated_batch)
+            generated = self.synthesizer.sample(self.old.model, count, task.num_old)
+            out_generated = model(generated.images.to(batch.images.dtype))
+            losses["generated_kd"] = Loss(soft_cross_entropy(out_generated.logits[:, : task.num_old],
+                                                             generated.old_logits, opts.temperature), lam)
         if opts.real_kd:
             teacher = self.old(batch.images).logits[:, : task.num_old]
             losses["real_kd"] = Loss(soft_cross_entropy(out.logits[:, : task.num_old], teacher, opts.temperature), lam)

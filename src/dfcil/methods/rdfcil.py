@@ -130,6 +130,7 @@ class RDFCIL(SyntheticReplayMethod):
     description = ("R-DFCIL: local CE + hard KD on synthetic + angle-wise relational KD, "
                    "then class-balanced head refinement")
     Options = RDFCILOptions
+    plain_first_task = True
 
     def __init__(self, options: RDFCILOptions, env: RunEnv) -> None:
         super().__init__(options, env)

@@ -64,6 +64,7 @@ class SKD(Method):
     name = "skd"
     description = "SKD: knowledge delegator trained by imitate & explore with a re-initialised student; CE + feature consolidation"
     Options = SKDOptions
+    plain_first_task = True
 
     def __init__(self, options: SKDOptions, env: RunEnv) -> None:
         super().__init__(options, env)

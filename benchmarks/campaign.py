@@ -1,0 +1,155 @@
+"""The reproduction campaign: R-DFCIL then ABD on CIFAR-100 B0 N=5 at the papers' budgets, on a CPU.
+
+One full run is about 14 CPU-hours on a 2-core CPU with native bf16 (more without), so it is
+carried over many sessions in the background. ``run`` trains (or resumes) the runs in order in one
+fixed folder outside the work tree, at the lowest CPU priority and with one torch thread (a run with
+two threads on a machine whose other core is busy trained 40-60x slower: OpenMP regions waiting for
+a descheduled thread); ABD starts from R-DFCIL's completed first task (:mod:`dfcil.first_task`:
+the same first task, trained once). A kill loses at most ``runtime.checkpoint_every_s`` (30 s) of
+training. ``status`` writes where the campaign stands (tasks done, time so far, the projected whole
+run from ``benchmarks/run_projection.py``) to ``benchmarks/results/cifar100-b0-n5/README.md``.
+
+Usage::
+
+    DFCIL_DATA=../shared/data nohup python benchmarks/campaign.py run > /work/campaign/console.log 2>&1 &
+    python benchmarks/campaign.py status         # rewrite the results README from the run folders
+    kill -STOP <pid> / kill -CONT <pid>           # pause it while measuring speed
+
+``--root`` (default ``$DFCIL_CAMPAIGN`` or ``/work/campaign``) is the fixed folder of the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_projection import project  # noqa: E402
+
+from dfcil.atomic import write_text  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "cifar100" / "b0_n5.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "cifar100-b0-n5"
+DEFAULT_ROOT = Path(os.environ.get("DFCIL_CAMPAIGN", "/work/campaign"))
+#: (run name, overrides, run whose first task it starts from): the papers' budgets are the
+#: configs' and methods' defaults (160 epochs, 5,000 generator steps, 40 refinement epochs)
+RUNS: list[tuple[str, list[str], str | None]] = [
+    ("rdfcil-s0", ["method.name=rdfcil", "seed=0", "scenario.order_seed=0"], None),
+    ("abd-s0", ["method.name=abd", "seed=0", "scenario.order_seed=0"], "rdfcil-s0"),
+]
+PUBLISHED = {"rdfcil-s0": "R-DFCIL 50.47 ± 0.43 (its Table 1)",
+             "abd-s0": "ABD 47.36 ± 0.48 as rerun by R-DFCIL (ABD's paper: 43.9)"}
+
+
+def _state(run_dir: Path) -> str:
+    metrics = run_dir / "metrics.json"
+    if metrics.exists() and json.loads(metrics.read_text()).get("complete"):
+        return "complete"
+    return "started" if (run_dir / "config.yaml").exists() else "new"
+
+
+def run_campaign(root: Path) -> int:
+    """Train or resume every run in order (each its own `dfcil run` process, niced, one thread)."""
+    root.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    for name, overrides, first_task_from in RUNS:
+        run_dir = root / name
+        state = _state(run_dir)
+        if state == "complete":
+            continue
+        command = ["nice", "-n", "19", sys.executable, "-m", "dfcil", "run"]
+        if state == "started":
+            command += ["--resume", str(run_dir)]
+        else:
+            command += [str(CONFIG), "-o", str(run_dir), *[a for o in overrides for a in ("--set", o)]]
+            if first_task_from is not None and (root / first_task_from / "checkpoints" / "first_task.json").exists():
+                command += ["--first-task-from", str(root / first_task_from)]
+        command += ["--set", "runtime.num_threads=1", "--set", "runtime.progress=false"]
+        print("+", " ".join(command), flush=True)
+        code = subprocess.run(command, env=env, check=False).returncode
+        if code != 0:
+            print(f"campaign: {name} stopped with exit {code}", file=sys.stderr)
+            return code
+    return 0
+
+
+def _run_summary(run_dir: Path) -> dict[str, Any]:
+    if not (run_dir / "log.jsonl").exists():
+        return {"state": "not started"}
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    num_tasks = int(yaml.safe_load((run_dir / "config.yaml").read_text())["scenario"]["num_tasks"])
+    evals = [r for r in records if r["event"] == "eval"]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    generator = {r["task"]: r for r in records if r["event"] == "synthesis"}  # the last record of each task
+    spent = sum(r["time_s"] for r in epochs) + sum(r["step"] / max(r["steps_per_s"], 1e-9) for r in generator.values())
+    projection = project(records, num_tasks)
+    last = epochs[-1] if epochs else None
+    return {
+        "state": _state(run_dir),
+        "tasks_done": len(evals),
+        "num_tasks": num_tasks,
+        "accuracy_per_task": [round(r["accuracy"], 2) for r in evals],
+        "position": None if last is None else f"task {last['task']} {last['phase']} epoch {last['epoch']}/{last.get('epochs', '?')}",
+        "logged_hours": spent / 3600,
+        "projected_hours": None if projection.seconds is None else projection.seconds / 3600,
+        "first_task_from": next((s.get("first_task_from", {}).get("run_dir") for s in
+                                 json.loads((run_dir / "run.json").read_text()).get("sessions", [])
+                                 if s.get("first_task_from")), None) if (run_dir / "run.json").exists() else None,
+    }
+
+
+def write_status(root: Path) -> Path:
+    """Rewrite the results README with where every run of the campaign stands."""
+    lines = [
+        "# CIFAR-100 B0 N=5 at the papers' budgets (the reproduction campaign)",
+        "",
+        "`python benchmarks/campaign.py run` trains R-DFCIL then ABD on `configs/cifar100/b0_n5.yaml`",
+        "(seed 0, class order seed 0; ResNet-32 as in R-DFCIL's code, 160 epochs per task, 5,000",
+        "generator steps per task, R-DFCIL's 40 refinement epochs) in the background on the CPU,",
+        "resuming across sessions; ABD starts from R-DFCIL's first task. This file is rewritten by",
+        "`python benchmarks/campaign.py status` whenever work is committed.",
+        "",
+        f"Status at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, run folder `{root}`:",
+        "",
+        "| run | state | tasks done | accuracy after each task | where | hours logged | projected run (hours) | published |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, _, _ in RUNS:
+        summary = _run_summary(root / name)
+        if summary["state"] == "not started":
+            lines.append(f"| {name} | not started | 0 | | | | | {PUBLISHED[name]} |")
+            continue
+        projected = "-" if summary["projected_hours"] is None else f"{summary['projected_hours']:.1f}"
+        lines.append(
+            f"| {name} | {summary['state']} | {summary['tasks_done']} of {summary['num_tasks']} "
+            f"| {' / '.join(map(str, summary['accuracy_per_task'])) or '-'} | {summary['position'] or '-'} "
+            f"| {summary['logged_hours']:.1f} | {projected} | {PUBLISHED[name]} |")
+    lines += ["", "Hours logged: epoch and generator time in the run's log (evaluation and checkpoints left",
+              "out); the projection (whole run, same machine) needs an epoch of task 2 logged.", ""]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_text(RESULTS / "README.md", "\n".join(lines))
+    return RESULTS / "README.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("run", "status"))
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the runs' folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.action == "run":
+        return run_campaign(args.root)
+    print(write_status(args.root))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
