@@ -93,6 +93,7 @@ def test_delegator_training_makes_the_student_agree_with_the_teacher(joint_smoke
     delegator.train(teacher, student, 4, records.append)
     after = _agreement(teacher, student, images)
     assert [r["iteration"] for r in records] == [10, 20, 30]
+    assert all(0.0 <= r["tanh_saturated"] <= 1.0 for r in records)
     print("delegator check in small: (psi, agreement) before", before, "after", after)
     # measured: psi 0.59 -> 0.22 on real test images, agreement 0.24 -> 0.34 (teacher: 55 % accurate)
     assert after[0] < 0.6 * before[0], (before, after)

@@ -153,6 +153,7 @@ def test_generator_training_covers_old_classes_confidently(joint_smoke_run):
     synth.train(old, 4, records.append, batch_size=32)
     first, last = records[0], records[-1]
     assert [r["step"] for r in records] == [20, 40, 60, 80]
+    assert all(0.0 <= r["tanh_saturated"] <= 1.0 for r in records)  # logged with every window
     assert last["total"] < first["total"]
     assert last["bn"] < first["bn"]
     assert last["diversity"] < first["diversity"]

@@ -34,7 +34,7 @@ from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
 from dfcil.synthesis.dafl_losses import bn_moment_loss, class_diversity_loss, one_hot_loss
 from dfcil.synthesis.generator import Generator, build_generator, generate_images
-from dfcil.synthesis.monitor import WindowMeans, confidence_and_coverage
+from dfcil.synthesis.monitor import OutputSaturation, WindowMeans, confidence_and_coverage
 
 
 def feature_cosine_discrepancy(teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
@@ -168,7 +168,7 @@ class KnowledgeDelegator:
                 loss.backward()
                 student_opt.step()
                 imitate += loss.detach().float() / opts.imitate_steps
-            with BatchNormInputs(teacher, self.dist) as bn:
+            with BatchNormInputs(teacher, self.dist) as bn, OutputSaturation(delegator.output_tanh) as saturation:
                 total, terms, logits = explore_step(lambda: explore_losses(bn))
             psi = -terms["explore"]
             delegator_opt.zero_grad(set_to_none=True)
@@ -182,7 +182,7 @@ class KnowledgeDelegator:
             confidence, coverage = confidence_and_coverage(logits)
             window.add({"imitate_psi": imitate, "explore_psi": psi, "total": total,
                         **{name: v for name, v in terms.items() if name != "explore"},
-                        "confidence": confidence, "coverage": coverage})
+                        "confidence": confidence, "coverage": coverage, "tanh_saturated": saturation.value})
             if iteration % opts.log_every == 0 or iteration == opts.iterations:
                 last = window.pop_means()
                 seconds = time.perf_counter() - start

@@ -56,6 +56,14 @@ class Generator(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.blocks(self.init_bn(x))
 
+    @property
+    def output_tanh(self) -> nn.Tanh:
+        """The tanh that bounds the images before the final (affine-free) BatchNorm: its outputs at
+        +-1 are saturated pixels, whose gradient the tanh all but stops."""
+        tanh = self.blocks[-2]
+        assert isinstance(tanh, nn.Tanh)
+        return tanh
+
     def sample_latent(self, count: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` latent codes from N(0, I)."""
         return torch.randn(count, self.z_dim, device=device, generator=generator)

@@ -9,8 +9,15 @@ is logged; on the CPU the figures are the same.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
 
 import torch
+from torch import nn
+
+#: ``|tanh| >= SATURATED`` counts as saturated: the pre-activation is beyond atanh(0.99) = 2.65,
+#: where the tanh passes less than 2 % of the gradient on (1 - 0.99**2)
+SATURATED = 0.99
 
 
 def confidence_and_coverage(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,3 +56,34 @@ class WindowMeans:
         means = {name: totals[name] / self.steps for name in self._sums}
         self._sums, self.steps = {}, 0
         return means
+
+
+def saturated_fraction(values: torch.Tensor, threshold: float = SATURATED) -> torch.Tensor:
+    """The fraction of ``values`` with ``|value| >= threshold`` (a 0-dim float tensor, no sync)."""
+    return (values.detach().abs() >= threshold).float().mean()
+
+
+class OutputSaturation:
+    """While open, keeps the saturated fraction of the last output of ``module`` (a generator's
+    output tanh) as ``value``: a 0-dim tensor on the device, or None before the first forward.
+
+    A forward hook, so the generator's code is untouched; one comparison over the batch's pixels
+    per forward (about 0.1 % of a generator step)."""
+
+    def __init__(self, module: nn.Module, threshold: float = SATURATED) -> None:
+        self.module = module
+        self.threshold = threshold
+        self.value: torch.Tensor | None = None
+        self._handle: Any = None
+
+    def _record(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        self.value = saturated_fraction(output, self.threshold)
+
+    def __enter__(self) -> "OutputSaturation":
+        self._handle = self.module.register_forward_hook(self._record)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._handle.remove()
+        self._handle = None

@@ -22,7 +22,7 @@ from dfcil.hooks import BatchNormInput, BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
 from dfcil.synthesis.generator import Generator, build_generator, generate_images
-from dfcil.synthesis.monitor import WindowMeans, confidence_and_coverage
+from dfcil.synthesis.monitor import OutputSaturation, WindowMeans, confidence_and_coverage
 from dfcil.synthesis.losses import bn_statistics_kl, content_loss, image_prior_loss, label_diversity_loss
 
 
@@ -152,7 +152,7 @@ class Synthesizer:
         window = WindowMeans()
         start = time.perf_counter()
         last: dict[str, float] = {}
-        with BatchNormInputs(old_model, self.dist) as bn:
+        with BatchNormInputs(old_model, self.dist) as bn, OutputSaturation(generator.output_tanh) as saturation:
 
             def losses() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
                 z = generator.sample_latent(batch, self.device, self.rng)
@@ -173,7 +173,9 @@ class Synthesizer:
                 total.backward()
                 optimizer.step()
                 confidence, coverage = confidence_and_coverage(logits)
-                window.add({**terms, "total": total, "confidence": confidence, "coverage": coverage})
+                assert saturation.value is not None
+                window.add({**terms, "total": total, "confidence": confidence, "coverage": coverage,
+                            "tanh_saturated": saturation.value})
                 if progress is not None:
                     progress(step)
                 if step % opts.log_every == 0 or step == opts.steps:
