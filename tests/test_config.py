@@ -77,3 +77,15 @@ def test_extends_cycle_and_bad_yaml(tmp_path):
         load_yaml_tree(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="cannot read config"):
         load_yaml_tree(tmp_path / "missing.yaml")
+
+
+def test_numbers_as_people_write_them(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; configs, suites and --set read it as a number."""
+    from dfcil.yamlio import safe_load
+
+    assert safe_load("a: 1e-3\nb: 1E5\nc: -2.5e+2\nd: 1.0e-3\ne: 10\nf: 0x1F\ng: 1e\nh: v1e5") == {
+        "a": 0.001, "b": 100000.0, "c": -250.0, "d": 0.001, "e": 10, "f": 31, "g": "1e", "h": "v1e5"}
+    assert isinstance(safe_load("10"), int)
+    (tmp_path / "c.yaml").write_text("extends: " + str(CONFIGS / "smoke.yaml") + "\ntrain:\n  lr: 1e-3\n")
+    assert load_config(tmp_path / "c.yaml").train.lr == pytest.approx(1e-3)
+    assert load_config(CONFIGS / "smoke.yaml", ["train.lr=2e-2"]).train.lr == pytest.approx(0.02)

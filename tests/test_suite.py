@@ -284,6 +284,9 @@ def test_time_left_is_estimated_from_complete_runs_that_differ_only_in_seed(tmp_
 def test_shipped_suites_are_valid():
     mini = load_suite(REPO / "suites" / "mini.yaml")
     assert len(mini.runs) == 9 * 3  # 8 methods + MFGR's own LwF baseline (mfgr-lwf)
+    skd = load_suite(REPO / "suites" / "mini_skd.yaml")  # bn_eps 1.0e-5 reaches the run as a number
+    assert len(skd.runs) == 10 * 3
+    assert len(load_suite(REPO / "suites" / "mini_budget.yaml").runs) == 6 * 3
     for table, protocols in (("rdfcil_table1", ("N5", "N10", "N20")), ("rdfcil_table2", ("N6", "N11", "N26"))):
         suite = load_suite(REPO / "suites" / f"{table}.yaml")
         assert len(suite.runs) == 3 * 6 * 3

@@ -20,6 +20,7 @@ import yaml
 
 from dfcil.errors import ConfigError
 from dfcil.schema import from_dict, join, require, to_dict
+from dfcil.yamlio import safe_load
 
 DatasetName = Literal["cifar100", "imagefolder", "tiny_imagenet", "imagenet100"]
 
@@ -215,7 +216,7 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = safe_load(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -236,7 +237,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         parts = key.strip().split(".")

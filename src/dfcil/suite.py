@@ -47,6 +47,7 @@ from dfcil.errors import ConfigError
 from dfcil.first_task import first_task_identity, has_first_task
 from dfcil.runlock import is_run_locked
 from dfcil.scenario import KNOWN_CLASS_COUNTS, build_scenario
+from dfcil.yamlio import safe_load
 
 SUITE_FILE = "suite.json"
 
@@ -130,7 +131,7 @@ def load_suite(path: Path) -> Suite:
     typo fails before the first run starts."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except OSError as error:
         raise ConfigError(f"cannot read suite {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:

@@ -22,6 +22,7 @@ from dfcil.errors import DataError
 from dfcil.report.labels import run_precision, run_seed, sessions
 from dfcil.report.model import Group, Stat
 from dfcil.report.runs import RunRecord
+from dfcil.yamlio import safe_load
 
 # The mini protocols (protocol label -> config): small versions of the papers' splits.
 MINI_PROTOCOLS = {"cifar100 B0 N=4 (20 classes)": "configs/mini.yaml",
@@ -46,7 +47,7 @@ class Published:
 def load_published(path: Path) -> list[Published]:
     """Read the published-figures YAML (a list of mappings with the fields of :class:`Published`)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
         raise DataError(f"cannot read published figures {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, list):

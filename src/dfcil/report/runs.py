@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from dfcil.errors import DataError
+from dfcil.yamlio import safe_load
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -76,7 +77,7 @@ def read_json(path: Path) -> Any:
 def read_yaml(path: Path) -> Any:
     """Parse the YAML file ``path``; a missing or damaged file raises ``DataError``."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read: {_one_line(error)}") from None
     except yaml.YAMLError as error:
