@@ -9,7 +9,7 @@ old classes weigh r = n_old / n_seen, of new classes 1 - r; each loss is mean_i(
    forward (the code runs a second train-mode forward under no_grad for the same values; we
    reuse the first, which avoids updating BN running statistics twice per step), weight 1
    (code; the paper's Table F says 0.1).
-First task: plain CE. Synthesizer: ../shared/spec/methods.md section 1.
+First task: plain CE. Synthesizer: :mod:`dfcil.synthesis.synthesizer` (ABD's, arXiv:2106.09701).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 CE over all seen classes on real images + KD (T = 2) on old classes over real images + KD over
 all seen classes on synthetic images, with the old model's probabilities zero-padded for the
 new classes. Real and synthetic images share one forward. Synthesizer: ABD's
-(../shared/spec/methods.md sections 1 and 2).
+(arXiv:2106.09701).
 """
 
 from __future__ import annotations

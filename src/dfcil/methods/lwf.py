@@ -3,7 +3,7 @@
 Loss = CE over all seen classes + ``kd_weight`` * KD(T) between the old model's and the
 current model's old-class logits on the new task's real images, with
 ``KD = -sum p_old^T log p_new^T`` (batch mean, no T^2 factor; ``t_squared`` adds it).
-Defaults (T = 2, weight 1) follow ../shared/spec/methods.md section 2.
+Defaults (T = 2, weight 1) follow ABD's code (arXiv:2106.09701).
 """
 
 from __future__ import annotations

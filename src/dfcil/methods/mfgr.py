@@ -1,7 +1,7 @@
-"""MFGR - memory-free generative replay (../shared/papers/mfgr-memory-free-generative-replay.txt).
+"""MFGR - memory-free generative replay (Xin et al., arXiv:2109.00328).
 
 Knowledge recording, before every task after the first: a new DAFL-style generator (the
-generator of ../shared/spec/methods.md section 1, BN eps 0.8 as in the code) is trained against
+generator of :mod:`dfcil.synthesis.generator`, BN eps 0.8 as in the code) is trained against
 the frozen old model with
 
 * ``l_oh``  = CE(o, argmax o), weight 1;

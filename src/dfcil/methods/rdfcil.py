@@ -1,6 +1,6 @@
 """R-DFCIL - relation-guided representation learning for data-free CIL (Gao et al., ECCV 2022).
 
-Every task after the first has two phases (../shared/spec/methods.md section 4):
+Every task after the first has two phases (arXiv:2207.09213, Sec. 3; the authors' code where it differs):
 
 Stage A, relation-guided representation learning (the ``main`` phase of the config). The
 current model runs on the real batch and on an equally large synthetic batch in two separate

@@ -1,4 +1,5 @@
-"""SKD - self-distilled knowledge delegator (../shared/papers/skd-knowledge-delegator.txt).
+"""SKD - self-distilled knowledge delegator ("Self-distilled Knowledge Delegator for
+Exemplar-free Class Incremental Learning", Ye & Bors; equation numbers below are that paper's).
 
 Before every incremental task, the delegator (:mod:`dfcil.synthesis.delegator`) is trained by
 imitate & explore against the frozen current model T with a re-initialised student S. The

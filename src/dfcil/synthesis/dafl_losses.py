@@ -1,4 +1,4 @@
-"""The generator losses of MFGR's knowledge recording (DAFL-style; ../shared/spec/methods.md section 6).
+"""The generator losses of MFGR's knowledge recording (DAFL-style, arXiv:1904.01186; MFGR arXiv:2109.00328).
 
 All take the old model's logits over the old classes (and, for BN alignment, the statistics of
 the inputs of its BatchNorm layers) on a batch of generated images.

@@ -3,7 +3,7 @@
 The delegator D is a DFAD-shaped generator (z-dim 256; Linear -> BN -> [upsample, conv, BN,
 LeakyReLU] x 2 -> conv -> tanh -> helper BN(3, affine=False), i.e. the generator of
 :mod:`dfcil.synthesis.generator` with a 256-d latent). Against a frozen model T it is trained
-with a re-initialised student S of T's architecture (../shared/spec/methods.md section 5):
+with a re-initialised student S of T's architecture (SKD's Sec. III):
 
 * imitate (``imitate_steps`` = 5 per iteration): S minimises
   ``psi = 1 - cos(nor(F_T(x)), nor(F_S(x)))`` (batch mean, pooled penultimate features) on

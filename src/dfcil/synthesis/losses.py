@@ -1,4 +1,4 @@
-"""The four synthesizer losses of ABD / R-DFCIL (../shared/spec/methods.md section 1)."""
+"""The four synthesizer losses of ABD / R-DFCIL (ABD arXiv:2106.09701 Sec. 4; R-DFCIL arXiv:2207.09213 Sec. 3.4)."""
 
 from __future__ import annotations
 

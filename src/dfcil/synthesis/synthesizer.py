@@ -62,7 +62,7 @@ def validate_generator_training(options: GeneratorTrainingOptions, path: str, we
 
 @dataclass(frozen=True)
 class SynthesisOptions:
-    """Generator training (defaults: ../shared/spec/methods.md section 1, R-DFCIL on CIFAR)."""
+    """Generator training (defaults: R-DFCIL's code on CIFAR, arXiv:2207.09213; ABD's generator, arXiv:2106.09701)."""
 
     steps: int = 5000
     batch_size: int | None = None  # None: the real batch size (train.batch_size)
