@@ -7,7 +7,15 @@ two threads on a machine whose other core is busy trained 40-60x slower: OpenMP 
 a descheduled thread); ABD starts from R-DFCIL's completed first task (:mod:`dfcil.first_task`:
 the same first task, trained once). A kill loses at most ``runtime.checkpoint_every_s`` (30 s) of
 training. ``status`` writes where the campaign stands (tasks done, time so far, the projected whole
-run from ``benchmarks/run_projection.py``) to ``benchmarks/results/cifar100-b0-n5/README.md``.
+run from ``benchmarks/run_projection.py``) to ``benchmarks/results/cifar100-b0-n5/README.md``, and
+keeps R-DFCIL's completed first task in the repository (``first-task-s0/``, the checkpoint at the end of
+task 1: 1.9 MB), from which a later ``run`` on a fresh machine starts both runs at task 2.
+
+Only the first task is kept: this machine loses everything outside the git checkout between
+sessions, and the resumable state of a later task (the generator's 8.4 M parameters and their Adam
+moments, two ResNet-32s, SGD momentum: about 107 MB, rewritten every 30 s) is too large for git to
+carry from session to session, while one generator phase at the papers' 5,000 steps outlasts a
+session here. The papers' budgets need the GPU (``benchmarks/gpu_session.sh MODE=full``).
 
 Usage::
 
@@ -23,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -35,11 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_projection import project  # noqa: E402
 
 from dfcil.atomic import write_text  # noqa: E402
+from dfcil.first_task import CHECKPOINT, RECORD, has_first_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cifar100" / "b0_n5.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "cifar100-b0-n5"
 DEFAULT_ROOT = Path(os.environ.get("DFCIL_CAMPAIGN", "/work/campaign"))
+#: the first task kept in the repository (see keep_first_task)
+KEPT_FIRST_TASK = RESULTS / "first-task-s0"
 #: (run name, overrides, run whose first task it starts from): the papers' budgets are the
 #: configs' and methods' defaults (160 epochs, 5,000 generator steps, 40 refinement epochs)
 RUNS: list[tuple[str, list[str], str | None]] = [
@@ -57,8 +70,43 @@ def _state(run_dir: Path) -> str:
     return "started" if (run_dir / "config.yaml").exists() else "new"
 
 
-def run_campaign(root: Path) -> int:
-    """Train or resume every run in order (each its own `dfcil run` process, niced, one thread)."""
+def keep_first_task(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path | None:
+    """Copy the first run's completed first task into ``kept`` (once), where git carries it.
+
+    ``kept`` gets what ``--first-task-from`` reads: the task-1 records of ``log.jsonl``,
+    ``checkpoints/first_task.pt`` (the checkpoint at the end of task 1: network, evaluation and
+    random-number streams, no optimiser state) and ``checkpoints/first_task.json`` (written last:
+    its presence means the rest is there), plus ``config.yaml`` and ``run.json`` for the record.
+    Returns ``kept`` when it holds a first task, None while the first task is still training."""
+    if has_first_task(kept):
+        return kept
+    source = root / RUNS[0][0]
+    if not has_first_task(source):
+        return None
+    (kept / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "run.json"):
+        if (source / name).exists():
+            write_text(kept / name, (source / name).read_text())
+    records = [line for line in (source / "log.jsonl").read_text().splitlines()
+               if line.strip() and json.loads(line).get("task") == 1]
+    write_text(kept / "log.jsonl", "".join(line + "\n" for line in records))
+    shutil.copyfile(source / CHECKPOINT, kept / f"{CHECKPOINT}.tmp")
+    (kept / f"{CHECKPOINT}.tmp").replace(kept / CHECKPOINT)
+    write_text(kept / RECORD, (source / RECORD).read_text())
+    return kept
+
+
+def _first_task_donor(root: Path, first_task_from: str | None, kept: Path) -> Path | None:
+    if first_task_from is not None and has_first_task(root / first_task_from):
+        return root / first_task_from
+    return kept if has_first_task(kept) else None
+
+
+def run_campaign(root: Path, kept: Path = KEPT_FIRST_TASK) -> int:
+    """Train or resume every run in order (each its own `dfcil run` process, niced, one thread).
+
+    A new run starts at task 2 from the first task of the run named in RUNS, or else from the
+    first task kept in the repository (:func:`keep_first_task`), when there is one."""
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     for name, overrides, first_task_from in RUNS:
@@ -71,8 +119,9 @@ def run_campaign(root: Path) -> int:
             command += ["--resume", str(run_dir)]
         else:
             command += [str(CONFIG), "-o", str(run_dir), *[a for o in overrides for a in ("--set", o)]]
-            if first_task_from is not None and (root / first_task_from / "checkpoints" / "first_task.json").exists():
-                command += ["--first-task-from", str(root / first_task_from)]
+            donor = _first_task_donor(root, first_task_from, kept)
+            if donor is not None:
+                command += ["--first-task-from", str(donor)]
         command += ["--set", "runtime.num_threads=1", "--set", "runtime.progress=false"]
         print("+", " ".join(command), flush=True)
         code = subprocess.run(command, env=env, check=False).returncode
@@ -107,7 +156,45 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_status(root: Path) -> Path:
+def _kept_lines(kept: Path) -> list[str]:
+    if not has_first_task(kept):
+        return ["No first task is kept in the repository yet (`first-task-s0/` appears when R-DFCIL's",
+                "first task completes and `status` runs).", ""]
+    evals = [json.loads(line) for line in (kept / "log.jsonl").read_text().splitlines()
+             if line.strip() and json.loads(line).get("event") == "eval"]
+    accuracy = f"{evals[-1]['accuracy']:.2f} %" if evals else "not logged"
+    size = (kept / CHECKPOINT).stat().st_size / 1e6
+    return [f"R-DFCIL's first task (160 epochs, accuracy on its 20 classes {accuracy}) is kept in",
+            f"`{kept.relative_to(ROOT)}/` ({size:.1f} MB): `run` on a fresh machine starts both runs at task 2",
+            "from it (`--first-task-from`, identity checked).", ""]
+
+
+def _feasibility_lines(root: Path) -> list[str]:
+    """Why the campaign cannot finish on this CPU, from the rates in the runs' logs."""
+    records = [json.loads(line) for name, _, _ in RUNS if (root / name / "log.jsonl").exists()
+               for line in (root / name / "log.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [r["time_s"] for r in records if r["event"] == "epoch" and r["task"] == 1]
+    rates = [r["steps_per_s"] for r in records if r["event"] == "synthesis" and r.get("steps_per_s")]
+    state_mb = max(((root / name / "checkpoints" / "last.pt").stat().st_size / 1e6 for name, _, _ in RUNS
+                    if (root / name / "checkpoints" / "last.pt").exists()
+                    and _run_summary(root / name)["tasks_done"] >= 1), default=None)
+    lines = ["Why it cannot finish here: this machine keeps nothing outside the git checkout from one",
+             "session (at most 3 hours) to the next, so a run must fit in a session or carry its state in",
+             "git."]
+    if epochs:
+        lines.append(f"A first-task epoch takes {statistics.median(epochs):.0f} s (median of {len(epochs)}, one thread, "
+                     f"niced) here: {160 * statistics.median(epochs) / 3600:.1f} h for task 1.")
+    if rates:
+        lines.append(f"The generator trains at {statistics.median(rates):.2f} steps/s (median of {len(rates)} records): "
+                     f"{5000 / statistics.median(rates) / 3600:.1f} h for one task's 5,000 steps, longer than a session.")
+    if state_mb is not None:
+        lines.append(f"The resumable state after task 1 is {state_mb:.0f} MB (`last.pt`, rewritten every 30 s), "
+                     "too large to commit every session.")
+    return lines + ["Only the first task is carried over (above); the rest needs the GPU",
+                    "(`benchmarks/gpu_session.sh MODE=full`).", ""]
+
+
+def write_status(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path:
     """Rewrite the results README with where every run of the campaign stands."""
     lines = [
         "# CIFAR-100 B0 N=5 at the papers' budgets (the reproduction campaign)",
@@ -115,9 +202,11 @@ def write_status(root: Path) -> Path:
         "`python benchmarks/campaign.py run` trains R-DFCIL then ABD on `configs/cifar100/b0_n5.yaml`",
         "(seed 0, class order seed 0; ResNet-32 as in R-DFCIL's code, 160 epochs per task, 5,000",
         "generator steps per task, R-DFCIL's 40 refinement epochs) in the background on the CPU,",
-        "resuming across sessions; ABD starts from R-DFCIL's first task. This file is rewritten by",
+        "resuming within a session; ABD starts from R-DFCIL's first task. This file is rewritten by",
         "`python benchmarks/campaign.py status` whenever work is committed.",
         "",
+        *_kept_lines(kept),
+        *_feasibility_lines(root),
         f"Status at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, run folder `{root}`:",
         "",
         "| run | state | tasks done | accuracy after each task | where | hours logged | projected run (hours) | published |",
@@ -142,12 +231,17 @@ def write_status(root: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("run", "status"))
+    parser.add_argument("action", choices=("run", "status"),
+                        help="run: train or resume the runs; status: rewrite the results README and keep "
+                             "a completed first task in the repository")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the runs' folder (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.action == "run":
         return run_campaign(args.root)
+    kept = keep_first_task(args.root)
     print(write_status(args.root))
+    if kept is not None:
+        print(f"first task kept in {kept}")
     return 0
 
 
