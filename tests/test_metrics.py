@@ -222,6 +222,9 @@ def test_accuracy_by_similarity_groups_most_similar_first():
     assert groups[1]["accuracy"] == pytest.approx((60 + 20) / 2)
     assert (groups[0]["min_cosine"], groups[0]["max_cosine"]) == (0.5, 0.9)
     assert len(accuracy_by_similarity([1.0, 2.0], [0.1, 0.2], groups=5)) == 2
+    # a one-class first task: the old class has no neighbour, so there is nothing to group
+    assert accuracy_by_similarity([80.0, None], [None, None]) == []
+    assert accuracy_by_similarity([], []) == []
     with pytest.raises(ValueError):
         accuracy_by_similarity([1.0], [0.1, 0.2])
 

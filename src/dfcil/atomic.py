@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temporary file in the same directory, fsync, rename.
 
 A reader (or a process killed mid-write) therefore sees either the old file or the new one,
-never a truncated mix.
+never a truncated mix. The new file gets the mode of the file it replaces, or else the mode a
+plain ``open(path, "w")`` would give it (0666 less the umask), not ``mkstemp``'s private 0600:
+a model or report that another user or a service must read stays readable.
 """
 
 from __future__ import annotations
@@ -9,17 +11,41 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(fileobj)`` on a temporary file and atomically move it to ``path``."""
+    """Call ``write(fileobj)`` on a temporary file and atomically move it to ``path``
+    (keeping the mode of the file it replaces; see the module's docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

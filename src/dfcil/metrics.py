@@ -326,6 +326,8 @@ def accuracy_by_similarity(
     known = [c for c in range(len(accuracies)) if accuracies[c] is not None and similarity[c] is not None]
     known.sort(key=lambda c: (-float(similarity[c]), c))  # type: ignore[arg-type]
     out: list[dict[str, Any]] = []
+    if not known:  # e.g. a one-class first task: no class has a nearest neighbour
+        return out
     for members in np.array_split(np.asarray(known, dtype=np.int64), min(groups, len(known))):
         if not len(members):
             continue

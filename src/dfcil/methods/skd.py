@@ -17,6 +17,12 @@ classes. Each step concatenates the real batch with as many delegator images (ps
   n counts the incremental tasks so far, N the incremental tasks of the run, and the sum runs
   over the incremental tasks' classes (base classes excluded).
 
+beta is the paper's constant for its own protocol (CIFAR-100 B50 in 5 tasks of 10: gamma_1 =
+5 / (5 * 10) = 0.1), not a scale-free weight: with few, small tasks the same beta gives a much
+larger gamma_1 (mini B0, 3 tasks of 5: 5 / 15 = 0.33; mini's half-base split, 2 tasks of 5:
+5 / 10 = 0.5). ``beta: 1.5`` (mini B0) and ``beta: 1.0`` (mini half-base) give the paper's
+gamma_1 = 0.1 and its 1/n decay (``suites/mini_skd.yaml``).
+
 The delegator continues from task to task (SKD's continual delegator: the one exception to the
 rule that no generator outlives its task; ``delegator.continual: false`` trains a new one).
 """
