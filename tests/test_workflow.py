@@ -254,6 +254,38 @@ def test_learn_predict_evaluate_on_a_tiny_folder(tmp_path, capsys):
     assert "'unknown'" in capsys.readouterr().err
 
 
+def test_learn_checks_every_output_before_it_trains(tmp_path, capsys, monkeypatch):
+    import dfcil.workflow.learn
+    from dfcil.runlock import hold_output_lock
+
+    def must_not_train(*_args, **_kwargs):
+        raise AssertionError("trained although an output was bad")
+
+    monkeypatch.setattr(dfcil.workflow.learn, "learn_step", must_not_train)
+    data = _write_class_folders(tmp_path / "data", {"dark": 0, "mid": 100}, per_class=2)
+    (tmp_path / "a_file").write_text("x")
+    assert main(["learn", "--data", str(data), "-o", str(tmp_path / "a_file" / "m.safetensors"), *TINY]) == 2
+    assert "cannot write" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == "x"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "metrics.json").write_text("{}")
+    assert main(["learn", "--data", str(data), "-o", str(tmp_path / "m.safetensors"), "--workdir", str(busy),
+                 *TINY]) == 2
+    assert "--workdir" in capsys.readouterr().err and (busy / "metrics.json").read_text() == "{}"
+    # an in-place step would keep the previous version as model.step1: an existing one is not replaced
+    info = _info(["a", "b"], [2])
+    save_model(tmp_path / "model.safetensors", info, info.architecture.build(info.head_sizes).state_dict())
+    (tmp_path / "model.step1.safetensors").write_text("mine")
+    assert main(["learn", "--data", str(data), "--from", str(tmp_path / "model.safetensors"), *TINY]) == 2
+    assert "model.step1.safetensors already exists" in capsys.readouterr().err
+    assert (tmp_path / "model.step1.safetensors").read_text() == "mine"
+    # a second process writing the same model file stops at once
+    with hold_output_lock(tmp_path / "other.safetensors"):
+        assert main(["learn", "--data", str(data), "-o", str(tmp_path / "other.safetensors"), *TINY]) == 2
+    assert "is being written by pid" in capsys.readouterr().err
+    assert not (tmp_path / ".other.safetensors.lock").exists()  # released and removed
+
+
 def test_learn_rejects_bad_recipe_keys(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output, model.safetensors, would land here
     first = _write_class_folders(tmp_path / "first", {"dark": 0, "mid": 100}, per_class=4)

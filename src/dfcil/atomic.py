@@ -59,6 +59,29 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         raise
 
 
+def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why :func:`atomic_write` could not write ``path`` (None when it could), found by creating
+    and removing a temporary file where it would go. Folders that do not exist yet are not
+    created: the nearest existing one must be writable, and ``path`` must not be a folder."""
+    path = Path(path)
+    if path.is_dir():
+        return "it is a folder"
+    folder = path.parent
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
+    except OSError as error:
+        return f"{folder}: {error.strerror or error}"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Atomically replace ``path`` with ``data``."""
     atomic_write(path, lambda handle: handle.write(data))

@@ -156,6 +156,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
+    from dfcil.atomic import unwritable_reason
+    from dfcil.runlock import hold_output_lock
     from dfcil.workflow.api import Model, load
     from dfcil.workflow.learn import LearnOptions, learn_step
 
@@ -166,15 +168,34 @@ def _learn(args: argparse.Namespace) -> int:
         raise DfcilError(f"{output} already exists: choose another -o or pass --force to replace it")
     if output.exists() and output.is_dir():
         raise DfcilError(f"-o {output} is a folder; give a file name such as model.safetensors")
+    kept = None
+    if same_as_base and base is not None:
+        kept = output.with_name(f"{output.stem}.step{len(base.info.history)}{output.suffix or '.safetensors'}")
+        if kept.exists() and not args.force:
+            raise DfcilError(f"{kept} already exists (the previous version would be kept there): move it away "
+                             "or pass --force to replace it")
+    # every output is checked before the step trains, so a bad one never costs the trained model
+    for path in (output, kept):
+        if path is not None:
+            problem = unwritable_reason(path)
+            if problem:
+                raise DfcilError(f"cannot write {path}: {problem}")
+    if args.workdir is not None:
+        if args.workdir.exists() and (not args.workdir.is_dir() or any(args.workdir.iterdir())):
+            raise DfcilError(f"--workdir {args.workdir} already exists and is not an empty folder: "
+                             "choose a new one (it would be overwritten)")
+        problem = unwritable_reason(args.workdir / "log.jsonl")
+        if problem:
+            raise DfcilError(f"cannot write to --workdir {args.workdir}: {problem}")
     options = LearnOptions(method=args.method, recipe=args.config, overrides=args.overrides,
                            image_size=args.image_size, holdout=args.holdout, strict=args.strict,
                            workdir=args.workdir, progress=not args.no_progress)
-    result = learn_step(args.data, None if base is None else (base.info, base.network), options)
-    if same_as_base and base is not None:
-        kept = output.with_name(f"{output.stem}.step{len(base.info.history)}{output.suffix or '.safetensors'}")
-        base.save(kept)
-        print(f"[dfcil] previous version kept as {kept}", file=sys.stderr)
-    Model(result.info, result.model).save(output)
+    with hold_output_lock(output):
+        result = learn_step(args.data, None if base is None else (base.info, base.network), options)
+        if kept is not None and base is not None:
+            base.save(kept)
+            print(f"[dfcil] previous version kept as {kept}", file=sys.stderr)
+        Model(result.info, result.model).save(output)
     print(json.dumps({"model": str(output), "classes": len(result.info.class_names), "step": result.step.step,
                       "added": result.step.classes, "method": result.step.method,
                       "held_out_accuracy": result.step.metrics["held_out_accuracy"]}))

@@ -1,11 +1,12 @@
-"""One process at a time per run directory.
+"""One process at a time per run directory, and per model file being written.
 
 ``dfcil run`` holds an exclusive ``flock`` on ``<run dir>/.lock`` while it trains, so a second
 ``dfcil run --resume`` of the same directory (or a second suite over the same output) stops with
 a one-line error instead of training into the same files. The operating system drops the lock
 when the process ends, however it ends, so no stale lock outlives a killed run. The file holds the
 owner's pid and host for the error message and is removed when the run ends. Where ``fcntl`` is
-missing (Windows) runs are not locked.
+missing (Windows) runs are not locked. :func:`hold_output_lock` does the same for a single output
+file (``dfcil learn -o MODEL``), with ``.<name>.lock`` beside it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def hold_run_lock(run_dir: Path) -> Iterator[None]:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunDirError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
-    fd, locked = _acquire(lock_file, run_dir)
+    fd, locked = _acquire(lock_file, f"cannot write to run directory {run_dir}",
+                          f"{run_dir} is being trained by {{owner}}: wait for it to end or stop it first")
     try:
         if locked:
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
@@ -67,25 +69,51 @@ def hold_run_lock(run_dir: Path) -> Iterator[None]:
             run_dir.rmdir()
 
 
-def _acquire(lock_file: Path, run_dir: Path) -> tuple[int, bool]:
+@contextmanager
+def hold_output_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output file ``path`` for the ``with`` block, so that two
+    processes writing the same file (two ``dfcil learn -o same.safetensors``) cannot both succeed:
+    the second stops at once with a one-line :class:`RunDirError`. The lock is ``.<name>.lock``
+    in ``path``'s folder (created if needed), removed on release."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path = Path(path)
+    lock_file = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"cannot write to {path.parent}: {error.strerror or error}") from None
+    fd, locked = _acquire(lock_file, f"cannot write to {path.parent}",
+                          f"{path} is being written by {{owner}}: wait for it to end or choose another output")
+    try:
+        if locked:
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        if locked:
+            lock_file.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _acquire(lock_file: Path, cannot_write: str, busy: str) -> tuple[int, bool]:
     """Open and lock ``lock_file``: ``(fd, True)`` when held, ``(fd, False)`` (with a warning) on a
     file system without locks (some network mounts); :class:`RunDirError` when another process
-    holds it. Retries when the file was removed or replaced between opening and locking it (its
+    holds it (``busy`` with ``{owner}`` filled in). Retries when the file was removed or replaced between opening and locking it (its
     holder released it), so two processes never hold locks on different files of one path."""
     while True:
         try:
             fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise RunDirError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
+            raise RunDirError(f"{cannot_write}: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunDirError(f"{run_dir} is being trained by {_owner(lock_file)}: wait for it to end "
-                              "or stop it first") from None
+            raise RunDirError(busy.format(owner=_owner(lock_file))) from None
         except OSError as error:
             print(f"[dfcil] warning: cannot lock {lock_file} ({error.strerror or error}); "
-                  "nothing stops a second process from training this run directory", file=sys.stderr)
+                  "nothing stops a second process from writing the same files", file=sys.stderr)
             return fd, False
         try:
             same = os.stat(lock_file).st_ino == os.fstat(fd).st_ino
