@@ -46,6 +46,34 @@ def test_config_errors(args, needle, capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"# caf\xe9 au lait\nextends: SMOKE\n", "not a UTF-8 text file (byte 5: 0xe9)"),  # a Latin-1 comment
+        (b"\x95\x00\x13safetensors", "not a UTF-8 text file"),  # a model given as the config
+        (b"\x00\x00", "a binary file"),
+        (b"# only a comment\n\n", "the config is empty"),
+        (b"", "the config is empty"),
+        (b"extends: SMOKE\ntrain:\n  lr: .inf\n", "train.lr: expected a finite number, got inf"),
+    ],
+)
+def test_unusable_config_files_are_refused_in_one_line(content, needle, capsys, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content.replace(b"SMOKE", SMOKE.encode()))
+    fails(["run", str(config), "-o", str(tmp_path / "out"), *QUIET], capsys, needle)
+    fails(["run", SMOKE, "--set", "train.lr=.nan", "-o", str(tmp_path / "out"), *QUIET], capsys, "finite")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unusable_suite_files_are_refused_in_one_line(capsys, tmp_path):
+    suite = tmp_path / "suite.yaml"
+    for content, needle in ((b"name: x  # \xe9\n", "not a UTF-8 text file (byte 11: 0xe9)"),
+                            (b"# nothing yet\n", "the suite is empty")):
+        suite.write_bytes(content)
+        fails(["suite", str(suite), "-o", str(tmp_path / "out"), "--dry-run"], capsys, needle)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_data_root(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("DFCIL_DATA", raising=False)
     fails(["run", SMOKE, "-o", str(tmp_path / "out"), *QUIET], capsys, "DFCIL_DATA")

@@ -20,7 +20,7 @@ import yaml
 
 from dfcil.errors import ConfigError
 from dfcil.schema import from_dict, join, require, to_dict
-from dfcil.yamlio import safe_load
+from dfcil.yamlio import load_file, safe_load
 
 DatasetName = Literal["cifar100", "imagefolder", "tiny_imagenet", "imagenet100"]
 
@@ -211,14 +211,7 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: 'extends' cycle")
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
-    try:
-        data = safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
+    data = load_file(path, "config")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     parent = data.pop("extends", None)

@@ -39,15 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dfcil.atomic import write_json
 from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
 from dfcil.errors import ConfigError
 from dfcil.first_task import first_task_identity, has_first_task
 from dfcil.runlock import is_run_locked
 from dfcil.scenario import KNOWN_CLASS_COUNTS, build_scenario
-from dfcil.yamlio import safe_load
+from dfcil.yamlio import load_file
 
 SUITE_FILE = "suite.json"
 
@@ -130,12 +128,7 @@ def load_suite(path: Path) -> Suite:
     """Parse and validate a suite file: every run's config is resolved and checked now, so a
     typo fails before the first run starts."""
     path = Path(path)
-    try:
-        data = safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read suite {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
+    data = load_file(path, "suite")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a suite is a mapping with name, config, axes")
     unknown = sorted(set(data) - {"name", "config", "set", "axes"})
