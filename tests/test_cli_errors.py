@@ -99,7 +99,13 @@ def test_run_directory_protection(cifar, capsys, tmp_path):
     capsys.readouterr()
     (run_dir / "metrics.json").unlink()
     shutil.copy(other / "checkpoints" / "last.pt", run_dir / "checkpoints" / "last.pt")
-    fails(["run", "--resume", str(run_dir)], capsys, "belongs to another run")
+    fails(["run", "--resume", str(run_dir)], capsys, "(seed: 1 in the checkpoint, 0 in the config)")
+    # config.yaml edited after the run started: the message names the key
+    (other / "metrics.json").unlink()
+    edited = (other / "config.yaml").read_text().replace("lr: 0.05", "lr: 0.07")
+    assert edited != (other / "config.yaml").read_text()
+    (other / "config.yaml").write_text(edited)
+    fails(["run", "--resume", str(other)], capsys, "(train.lr: 0.05 in the checkpoint, 0.07 in the config)")
 
     # a truncated checkpoint is reported, not trained over
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"\x80\x02garbage")

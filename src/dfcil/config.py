@@ -266,6 +266,25 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return to_dict(config)
 
 
+def first_difference(a: Any, b: Any, names: tuple[str, str] = ("there", "here"), path: str = "") -> str | None:
+    """The first key path (sorted) where the nested dicts ``a`` and ``b`` differ, as
+    ``path: <a> <names[0]>, <b> <names[1]>`` (None when they are equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = first_difference(a.get(key), b.get(key), names, f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path or 'value'}: {a!r} {names[0]}, {b!r} {names[1]}"
+
+
+def without_runtime(config: Config) -> dict[str, Any]:
+    """The config as a dict without its ``runtime`` section (what a resume must match)."""
+    data = config_to_dict(config)
+    data.pop("runtime", None)
+    return data
+
+
 def fingerprint(config: Config) -> str:
     """Hash of everything that determines the result of a run (``runtime`` excluded)."""
     data = config_to_dict(config)

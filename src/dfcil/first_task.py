@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfcil.atomic import write_json
-from dfcil.config import Config, config_to_dict
+from dfcil.config import Config, config_to_dict, first_difference, without_runtime  # noqa: F401 - first_difference re-exported
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import RunDirError
 from dfcil.methods import method_class
@@ -50,17 +50,6 @@ def first_task_identity(config: Config, first_task_classes: list[int] | None) ->
         identity["first_task_classes"] = [int(label) for label in first_task_classes]
     identity["method"] = "plain CE" if method_class(config.method_name).plain_first_task else data["method"]
     return identity
-
-
-def first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """The first key path where ``a`` and ``b`` differ, as ``path: a vs b`` (None when equal)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if a == b else f"{path or 'value'}: {a!r} there, {b!r} here"
 
 
 def save_first_task(run_dir: Path, identity: dict[str, Any]) -> None:
@@ -102,6 +91,7 @@ def adopt_first_task(donor: Path, trainer: Trainer) -> ckpt.Checkpoint:
     checkpoint = replace(
         donor_checkpoint,
         fingerprint=ckpt.run_fingerprint(trainer.config),
+        config=without_runtime(trainer.config),
         method=trainer.method.state_dict(),  # the state the method was created with
         optimizer=None,
         scheduler=None,

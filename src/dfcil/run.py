@@ -18,7 +18,17 @@ import yaml
 
 from dfcil import __version__
 from dfcil.atomic import write_json, write_text
-from dfcil.config import Config, apply_overrides, config_to_dict, fingerprint, load_config, load_yaml_tree, parse_config
+from dfcil.config import (
+    Config,
+    apply_overrides,
+    config_to_dict,
+    fingerprint,
+    first_difference,
+    load_config,
+    load_yaml_tree,
+    parse_config,
+    without_runtime,
+)
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.engine import checkpoint as ckpt
@@ -102,21 +112,6 @@ def load_upper_bound(path: str | None) -> dict[str, Any] | None:
     return data
 
 
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str | None:
-    for key in sorted(set(a) | set(b)):
-        path = f"{prefix}.{key}" if prefix else key
-        if key == "runtime" and not prefix:
-            continue
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            found = _config_diff(va, vb, path)
-            if found:
-                return found
-        elif va != vb:
-            return f"{path}: {va!r} in the run directory, {vb!r} requested"
-    return None
-
-
 def prepare(
     config_path: Path | None, run_dir: Path | None, overrides: list[str], resume: Path | None
 ) -> tuple[Config, Path, ckpt.Checkpoint | None]:
@@ -131,7 +126,7 @@ def prepare(
         else:
             config = parse_config(apply_overrides(config_to_dict(saved), overrides))
         if fingerprint(config) != fingerprint(saved):
-            diff = _config_diff(config_to_dict(saved), config_to_dict(config))
+            diff = first_difference(without_runtime(saved), without_runtime(config), ("in the run directory", "requested"))
             raise RunDirError(f"refusing to resume {resume} with a different config ({diff})")
         return config, resume, ckpt.load(resume, config)
     if config_path is None:

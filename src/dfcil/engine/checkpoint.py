@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from dfcil.atomic import torch_save
-from dfcil.config import Config, fingerprint
+from dfcil.config import Config, fingerprint, first_difference, without_runtime
 from dfcil.errors import RunDirError
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Scenario
@@ -45,6 +45,7 @@ class Checkpoint:
     results: list[dict[str, Any]]
     wall_time_s: float
     world_size: int = 1  # processes of the run that wrote it (any count may resume it)
+    config: dict[str, Any] | None = None  # the config it was trained with, runtime left out (older files: None)
 
 
 def run_fingerprint(config: Config) -> str:
@@ -85,6 +86,11 @@ def load(run_dir: Path, config: Config) -> Checkpoint | None:
     checkpoint = read(path)
     expected = run_fingerprint(config)
     if checkpoint.fingerprint != expected:
+        difference = None if checkpoint.config is None else first_difference(
+            checkpoint.config, without_runtime(config), ("in the checkpoint", "in the config"))
+        if difference:
+            raise RunDirError(f"{path} was trained with a different config than {run_dir / 'config.yaml'} "
+                              f"({difference}): config.yaml edited, or the checkpoint copied from another run?")
         raise RunDirError(
             f"{path} belongs to another run (config fingerprint {checkpoint.fingerprint}, expected {expected})"
         )

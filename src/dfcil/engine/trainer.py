@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dfcil.atomic import write_json
 from dfcil.augment import Normalizer, TrainAugment
-from dfcil.config import Config
+from dfcil.config import Config, without_runtime
 from dfcil.data import DatasetArrays
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
@@ -440,6 +440,7 @@ class Trainer:
                 results=self.results.state_dict(),
                 wall_time_s=self.wall_time_s,
                 world_size=self.dist.world_size,
+                config=without_runtime(self.config),
             ),
         )
 
