@@ -84,6 +84,15 @@ def test_model_file_refuses_foreign_truncated_and_inconsistent_files(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
         load_model(tmp_path / "missing.safetensors")
 
+    unknown = tmp_path / "unknown.safetensors"
+    _rewrite_architecture(good, unknown, backbone="resnet999")
+    with pytest.raises(ModelFileError, match=r"cannot build \(architecture.backbone: expected one of"):
+        load_model(unknown)
+    negative = tmp_path / "negative.safetensors"
+    save_model(negative, _info(["a", "b"], [3, -1]), network.state_dict())  # sums to 2, but a head of -1
+    with pytest.raises(ModelFileError, match=r"head sizes \[3, -1\]"):
+        load_model(negative)
+
 
 def _rewrite_architecture(path: Path, out: Path, **changes: object) -> None:
     """Copy a model file with its metadata's architecture changed (None removes a key)."""
@@ -279,6 +288,11 @@ def test_learn_checks_every_output_before_it_trains(tmp_path, capsys, monkeypatc
     assert main(["learn", "--data", str(data), "--from", str(tmp_path / "model.safetensors"), *TINY]) == 2
     assert "model.step1.safetensors already exists" in capsys.readouterr().err
     assert (tmp_path / "model.step1.safetensors").read_text() == "mine"
+    # predicting a single unreadable image is a failure, not an empty success
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert main(["predict", str(tmp_path / "model.safetensors"), str(tmp_path / "broken.png"), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "broken.png" in captured.err and "no image could be read" in captured.err
     # a second process writing the same model file stops at once
     with hold_output_lock(tmp_path / "other.safetensors"):
         assert main(["learn", "--data", str(data), "-o", str(tmp_path / "other.safetensors"), *TINY]) == 2

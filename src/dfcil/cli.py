@@ -207,6 +207,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     model = load(args.model)
     predictions = model.predict(args.images, top=args.top, strict=args.strict)
+    if not predictions:  # every file was unreadable (each one named on stderr above)
+        raise DfcilError("no image could be read: nothing to predict")
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=1))
     else:

@@ -18,8 +18,9 @@ import torch
 
 from dfcil.atomic import write_bytes
 from dfcil.config import ModelConfig
-from dfcil.errors import DfcilError
+from dfcil.errors import ConfigError, DfcilError
 from dfcil.models import IncrementalClassifier, build_classifier
+from dfcil.schema import from_dict
 
 FORMAT = "dfcil-model"
 FORMAT_VERSION = 1
@@ -137,7 +138,14 @@ class ModelInfo:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelFileError(f"{origin}: damaged dfcil metadata ({type(error).__name__}: {error})") from None
+        try:  # the same check as a config's model section: an unknown backbone or variant is named
+            from_dict(ModelConfig, info.architecture.to_config(), "architecture")
+        except ConfigError as error:
+            raise ModelFileError(f"{origin}: a network this dfcil cannot build ({error})") from None
         info.architecture.check_buildable(origin)
+        if not info.head_sizes or min(info.head_sizes) < 1:
+            raise ModelFileError(f"{origin}: damaged dfcil metadata (head sizes {info.head_sizes}: "
+                                 "every head needs at least one class)")
         if sum(info.head_sizes) != len(info.class_names) or len(set(info.class_names)) != len(info.class_names):
             raise ModelFileError(f"{origin}: damaged dfcil metadata (class names do not match the heads)")
         return info
