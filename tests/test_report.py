@@ -259,19 +259,30 @@ def test_html_page(built) -> None:
     assert "lwf-s2" in incomplete and "incomplete" in incomplete
 
 
-def test_damaged_files_raise_data_error(tmp_path) -> None:
+def test_damaged_and_unfinished_runs_are_listed_not_fatal(tmp_path) -> None:
     run = write_run(tmp_path, "lwf-s0", "lwf", 0, [80.0, 60.0, 50.0, 40.0])
+    write_run(tmp_path, "lwf-s1", "lwf", 1, [82.0, 62.0, 52.0, 42.0])
     (run / "metrics.json").write_text('{"complete": true, "last_accuracy": ')
-    with pytest.raises(DataError, match=r"lwf-s0/metrics\.json") as error:
-        find_runs([tmp_path])
+    with pytest.raises(DataError, match=r"lwf-s0/metrics\.json: damaged JSON") as error:
+        load_run(run)  # one run on its own: an error naming the file, in one line
     assert "\n" not in str(error.value)
-    with pytest.raises(DataError, match="metrics.json"):
-        build_report([tmp_path], tmp_path / "out")
-    run2 = write_run(tmp_path / "b", "abd-s0", "abd", 0, [80.0, 60.0, 50.0, 40.0])
+    run2 = write_run(tmp_path, "abd-s0", "abd", 0, [80.0, 60.0, 50.0, 40.0])
     (run2 / "config.yaml").write_text("seed: [0\nmethod: {")
-    with pytest.raises(DataError, match=r"abd-s0/config\.yaml") as error:
-        find_runs([tmp_path / "b"])
-    assert "\n" not in str(error.value)
+    stopped = write_run(tmp_path, "abd-s1", "abd", 1, [80.0])
+    (stopped / "metrics.json").unlink()  # stopped in task 1: config.yaml and run.json only
+    records = {r.name: r for r in find_runs([tmp_path])}
+    assert set(records) == {"lwf-s0", "lwf-s1", "abd-s0", "abd-s1"}
+    assert records["lwf-s1"].excluded is None
+    assert records["lwf-s0"].excluded.startswith("damaged: ") and "lwf-s0/metrics.json" in records["lwf-s0"].excluded
+    assert records["lwf-s0"].config["method"]["name"] == "lwf"  # labelled from its readable config
+    assert "abd-s0/config.yaml: damaged YAML" in records["abd-s0"].excluded and records["abd-s0"].config == {}
+    assert records["abd-s1"].excluded == "incomplete: stopped in task 1 (no metrics.json yet)"
+    assert all("\n" not in r.excluded for r in records.values() if r.excluded)
+    build_report([tmp_path], tmp_path / "out")  # the usable run is reported, the others listed
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert "42.00" in table
+    for name in ("lwf-s0", "abd-s0", "abd-s1"):
+        assert name in table.split("Excluded runs")[1]
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no run directory"):
         build_report([tmp_path / "empty"], tmp_path / "out2")

@@ -2,7 +2,10 @@
 
 A run directory may also hold ``run.json`` (provenance), ``suite.json`` (labels written by a
 suite runner) and ``synthesis/task_N.png`` (synthetic-sample grids).  Damaged JSON / YAML
-files raise :class:`dfcil.errors.DataError` with a one-line message naming the file.
+files raise :class:`dfcil.errors.DataError` with a one-line message naming the file in
+:func:`load_run`; :func:`find_runs` lists such a run as excluded with that message instead, so
+that one damaged run does not stop a report of many, and lists a run stopped in its first task
+(``config.yaml`` and ``run.json``, no ``metrics.json`` yet) as incomplete.
 """
 
 from __future__ import annotations
@@ -164,13 +167,40 @@ def is_run_dir(path: Path) -> bool:
     return (path / METRICS_FILE).is_file() and (path / CONFIG_FILE).is_file()
 
 
+def is_started_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run that has started but not yet written ``metrics.json`` (stopped or
+    still running in its first task): ``config.yaml`` and ``run.json`` without ``metrics.json``."""
+    return (path / CONFIG_FILE).is_file() and (path / RUN_FILE).is_file() and not (path / METRICS_FILE).exists()
+
+
+def _unusable_run(run_dir: Path, reason: str) -> RunRecord:
+    """The record of a run the report lists but cannot use (its labels from ``config.yaml``
+    where that file is readable)."""
+    try:
+        config = _mapping(read_yaml(run_dir / CONFIG_FILE), run_dir / CONFIG_FILE)
+    except DataError:
+        config = {}
+    return RunRecord(path=run_dir, config=config, metrics={}, excluded=reason)
+
+
+def load_run_or_reason(run_dir: Path) -> RunRecord:
+    """:func:`load_run`, except that a run whose files are damaged, or that has not finished
+    its first task, comes back excluded with the reason instead of stopping the report."""
+    if is_started_run_dir(run_dir):
+        return _unusable_run(run_dir, "incomplete: stopped in task 1 (no metrics.json yet)")
+    try:
+        return load_run(run_dir)
+    except DataError as error:
+        return _unusable_run(run_dir, f"damaged: {error}")
+
+
 def _run_dirs_under(root: Path) -> list[Path]:
-    if is_run_dir(root):
+    if is_run_dir(root) or is_started_run_dir(root):
         return [root]
     found = []
     for current, dirs, _files in os.walk(root):
         here = Path(current)
-        if here != root and is_run_dir(here):
+        if here != root and (is_run_dir(here) or is_started_run_dir(here)):
             found.append(here)
             dirs[:] = []  # a run directory's sub-folders (checkpoints, synthesis) hold no runs
             continue
@@ -182,7 +212,7 @@ def find_runs(paths: list[Path]) -> list[RunRecord]:
     """Every run directory under ``paths`` (recursively; a path may be a run directory itself).
 
     Results are sorted by path and de-duplicated; a path that does not exist raises
-    ``DataError``.  Incomplete runs are returned too, with ``excluded`` set.  Each run's
+    ``DataError``.  Incomplete and damaged runs are returned too, with ``excluded`` set.  Each run's
     ``source_rank`` is the index in ``paths`` of the first path it was found under.
     """
     seen: dict[Path, int] = {}
@@ -196,7 +226,7 @@ def find_runs(paths: list[Path]) -> list[RunRecord]:
             seen.setdefault(run_dir.resolve(), rank)
     records = []
     for run_dir in sorted(seen):
-        record = load_run(_relative_to_cwd(run_dir))
+        record = load_run_or_reason(_relative_to_cwd(run_dir))
         record.source_rank = seen[run_dir]
         records.append(record)
     return exclude_copies(records)
