@@ -283,6 +283,13 @@ def test_damaged_and_unfinished_runs_are_listed_not_fatal(tmp_path) -> None:
     assert "42.00" in table
     for name in ("lwf-s0", "abd-s0", "abd-s1"):
         assert name in table.split("Excluded runs")[1]
+    build_report([tmp_path], tmp_path / "out")  # an earlier report's folder is rewritten
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"holds files a report does not write \(notes.txt\)"):
+        build_report([tmp_path], tmp_path / "out")
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    with pytest.raises(DataError, match="is a file"):
+        build_report([tmp_path], tmp_path / "out" / "notes.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no run directory"):
         build_report([tmp_path / "empty"], tmp_path / "out2")

@@ -259,7 +259,11 @@ def test_learn_predict_evaluate_on_a_tiny_folder(tmp_path, capsys):
         assert png.size[0] > 200
     (every / "unknown").mkdir()
     Image.new("RGB", (8, 8)).save(every / "unknown" / "x.png")
+    before = (out / "evaluation.json").read_bytes()
     assert main(["evaluate", str(model_file), "--data", str(every), "--out", str(out)]) == 2
+    assert "an earlier evaluation" in capsys.readouterr().err  # not replaced without --force
+    assert (out / "evaluation.json").read_bytes() == before
+    assert main(["evaluate", str(model_file), "--data", str(every), "--out", str(out), "--force"]) == 2
     assert "'unknown'" in capsys.readouterr().err
 
 

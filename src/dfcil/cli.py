@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="where evaluation.json and confusion.png go (default: evaluation-<model name>/)")
     evaluate.add_argument("--json", action="store_true", help="print the whole evaluation as JSON")
     evaluate.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    evaluate.add_argument("--force", action="store_true", help="replace an earlier evaluation in DIR")
     return parser
 
 
@@ -219,15 +220,24 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from dfcil.atomic import write_json
+    from dfcil.atomic import unwritable_reason, write_json
     from dfcil.workflow.api import load
     from dfcil.workflow.folder import report_skipped
     from dfcil.workflow.inference import plot_confusion
 
+    out = args.out or Path(f"evaluation-{args.model.stem}")
+    outputs = (out / "evaluation.json", out / "confusion.png")
+    earlier = [path for path in outputs if path.exists()]
+    if earlier and not args.force:
+        raise DfcilError(f"{earlier[0]} already exists (an earlier evaluation): choose another --out "
+                         "or pass --force to replace it")
+    for path in outputs:
+        problem = unwritable_reason(path)
+        if problem:
+            raise DfcilError(f"cannot write {path}: {problem}")
     model = load(args.model)
     result = model.evaluate(args.data, strict=args.strict)
     report_skipped(result.skipped)
-    out = args.out or Path(f"evaluation-{args.model.stem}")
     write_json(out / "evaluation.json", {"model": str(args.model), "data": str(args.data), **result.to_dict()})
     plot_confusion(result, out / "confusion.png", f"{args.model.name} on {args.data}")
     if args.json:

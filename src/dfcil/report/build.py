@@ -82,6 +82,29 @@ def add_domain_gaps(report: Report, record: RunRecord, title: str, plot_dir: Pat
         report.domain_gaps[key] = [gap.to_dict() for gap in gaps]
 
 
+#: what a report writes into its folder; a folder holding anything else is not replaced
+REPORT_FILES = frozenset({"report.md", "report.csv", "report.json", "index.html", "domain_gap.json", PLOTS_DIR})
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """Refuse (``DataError``, one line) an output that is a file, or a folder holding files that a
+    report does not write (the user's own, which rewriting the report there would mix with or
+    overwrite); a folder holding an earlier report is rewritten."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"-o {out_dir} is a file; give a folder for the report")
+    if not out_dir.is_dir():
+        return
+    foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in REPORT_FILES)
+    plot_dir = out_dir / PLOTS_DIR
+    if plot_dir.is_dir():
+        foreign += sorted(f"{PLOTS_DIR}/{e.name}" for e in plot_dir.iterdir() if e.suffix != ".png" or not e.is_file())
+    elif plot_dir.exists():
+        foreign.append(PLOTS_DIR)
+    if foreign:
+        raise DataError(f"-o {out_dir} holds files a report does not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}): choose a new or empty folder")
+
+
 def build_report(paths: list[Path], out_dir: Path, published: Path | None = None,
                  reproducibility: Path | None = None) -> Path:
     """Aggregate the run directories under ``paths`` into ``out_dir``; return ``index.html``.
@@ -92,6 +115,7 @@ def build_report(paths: list[Path], out_dir: Path, published: Path | None = None
     directory is found or a file is damaged.
     """
     out_dir = Path(out_dir)
+    check_report_folder(out_dir)
     records = find_runs([Path(p) for p in paths])
     if not records:
         raise DataError(f"no run directory (metrics.json + config.yaml) under {', '.join(map(str, paths))}")
