@@ -126,3 +126,17 @@ def test_corrupt_image_is_named(capsys, tmp_path, monkeypatch):
             "--set", "data.dataset=imagefolder", "--set", "data.image_size=32", "--set", "scenario.subset=2", *QUIET]
     fails(args, capsys, "broken.jpg")
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_names_the_real_run_directory_to_resume(capsys, tmp_path, monkeypatch):
+    import dfcil.run
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dfcil.run, "execute", interrupted)
+    run_dir = tmp_path / "my-run"
+    assert main(["run", SMOKE, "-o", str(run_dir), *QUIET]) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"[dfcil] run directory {run_dir}"  # said when the run starts
+    assert err[-1] == f"dfcil: interrupted; continue with `dfcil run --resume {run_dir}`"

@@ -303,6 +303,14 @@ def test_learn_checks_every_output_before_it_trains(tmp_path, capsys, monkeypatc
     assert "is being written by pid" in capsys.readouterr().err
     assert not (tmp_path / ".other.safetensors.lock").exists()  # released and removed
 
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dfcil.workflow.learn, "learn_step", interrupted)
+    assert main(["learn", "--data", str(data), "-o", str(tmp_path / "new.safetensors"), *TINY]) == 130
+    assert "interrupted; nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "new.safetensors").exists() and not (tmp_path / ".new.safetensors.lock").exists()
+
 
 def test_learn_rejects_bad_recipe_keys(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output, model.safetensors, would land here

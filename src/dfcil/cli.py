@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a command's long part; the message says how to continue."""
+
+
 def _run(args: argparse.Namespace) -> int:
     from dfcil.distributed import Distributed
     from dfcil.first_task import recorded_identity as check_first_task_donor
@@ -112,7 +116,13 @@ def _run(args: argparse.Namespace) -> int:
     dist = Distributed.from_environment(config.runtime.device)
     try:
         run_dir = dist.broadcast_object(run_dir)  # one directory even if the ranks' clocks differ
-        metrics = execute(config, run_dir, checkpoint, dist, first_task_from=args.first_task_from)
+        if dist.is_main:
+            print(f"[dfcil] {'resuming' if checkpoint is not None else 'run directory'} {run_dir}",
+                  file=sys.stderr, flush=True)
+        try:
+            metrics = execute(config, run_dir, checkpoint, dist, first_task_from=args.first_task_from)
+        except KeyboardInterrupt:
+            raise Interrupted(f"continue with `dfcil run --resume {run_dir}`") from None
         dist.barrier()  # every rank done before the group is torn down (gloo can abort otherwise)
     finally:
         dist.close()
@@ -192,7 +202,11 @@ def _learn(args: argparse.Namespace) -> int:
                            image_size=args.image_size, holdout=args.holdout, strict=args.strict,
                            workdir=args.workdir, progress=not args.no_progress)
     with hold_output_lock(output):
-        result = learn_step(args.data, None if base is None else (base.info, base.network), options)
+        try:
+            result = learn_step(args.data, None if base is None else (base.info, base.network), options)
+        except KeyboardInterrupt:
+            raise Interrupted(f"nothing was written ({output} is written only when the step completes); "
+                              "run the same command again") from None
         if kept is not None and base is not None:
             base.save(kept)
             print(f"[dfcil] previous version kept as {kept}", file=sys.stderr)
@@ -274,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"dfcil: error: {message}", file=sys.stderr)
         return 2
+    except Interrupted as interrupted:
+        print(f"dfcil: interrupted; {interrupted}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("dfcil: interrupted; continue with `dfcil run --resume RUN_DIR`", file=sys.stderr)
+        print("dfcil: interrupted", file=sys.stderr)
         return 130
 
 
