@@ -1,21 +1,22 @@
 """The reproduction campaign: R-DFCIL then ABD on CIFAR-100 B0 N=5 at the papers' budgets, on a CPU.
 
-One full run is about 14 CPU-hours on a 2-core CPU with native bf16 (more without), so it is
-carried over many sessions in the background. ``run`` trains (or resumes) the runs in order in one
-fixed folder outside the work tree, at the lowest CPU priority and with one torch thread (a run with
-two threads on a machine whose other core is busy trained 40-60x slower: OpenMP regions waiting for
-a descheduled thread); ABD starts from R-DFCIL's completed first task (:mod:`dfcil.first_task`:
-the same first task, trained once). A kill loses at most ``runtime.checkpoint_every_s`` (30 s) of
-training. ``status`` writes where the campaign stands (tasks done, time so far, the projected whole
-run from ``benchmarks/run_projection.py``) to ``benchmarks/results/cifar100-b0-n5/README.md``, and
-keeps R-DFCIL's completed first task in the repository (``first-task-s0/``, the checkpoint at the end of
+``run`` trains (or resumes) the runs in order in one fixed folder outside the work tree, at the
+lowest CPU priority and with one torch thread (a run with two threads on a machine whose other core
+is busy trained 40-60x slower: OpenMP regions waiting for a descheduled thread); ABD starts from
+R-DFCIL's completed first task (:mod:`dfcil.first_task`: the same first task, trained once). A kill
+loses at most ``runtime.checkpoint_every_s`` (30 s) of training, inside a generator's training too.
+``status`` writes where the campaign stands (tasks done, time so far, the projected whole run from
+``benchmarks/run_projection.py``) to ``benchmarks/results/cifar100-b0-n5/README.md``, and keeps
+R-DFCIL's completed first task in the repository (``first-task-s0/``, the checkpoint at the end of
 task 1: 1.9 MB), from which a later ``run`` on a fresh machine starts both runs at task 2.
 
-Only the first task is kept: this machine loses everything outside the git checkout between
-sessions, and the resumable state of a later task (the generator's 8.4 M parameters and their Adam
-moments, two ResNet-32s, SGD momentum: about 107 MB, rewritten every 30 s) is too large for git to
-carry from session to session, while one generator phase at the papers' 5,000 steps outlasts a
-session here. The papers' budgets need the GPU (``benchmarks/gpu_session.sh MODE=full``).
+Only the first task is kept: the machine this was written on loses everything outside the git
+checkout between sessions of at most 3 hours, and the resumable state of a later task is too
+large for git to carry from session to session: the generator's 8.4 M parameters (33.7 MB) plus,
+while it trains, their Adam moments (67.4 MB), and two ResNet-32s with SGD momentum (5.7 MB),
+rewritten every 30 s. One generator training at the papers' 5,000 steps outlasts such a session on
+its own. The papers' budgets need the GPU there (``benchmarks/gpu_session.sh MODE=full``); on a
+machine that keeps its disk, ``run`` carries the runs to the end.
 
 Usage::
 

@@ -110,6 +110,7 @@ def test_run_directory_protection(cifar, capsys, tmp_path):
     # a truncated checkpoint is reported, not trained over
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"\x80\x02garbage")
     fails(["run", "--resume", str(run_dir)], capsys, "cannot read checkpoint")
+    fails(["run", "--resume", str(run_dir)], capsys, f"--first-task-from {run_dir})")  # what to do instead
 
 
 def test_corrupt_image_is_named(capsys, tmp_path, monkeypatch):
@@ -128,13 +129,13 @@ def test_corrupt_image_is_named(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_ctrl_c_names_the_real_run_directory_to_resume(capsys, tmp_path, monkeypatch):
-    import dfcil.run
+def test_ctrl_c_names_the_real_run_directory_to_resume(cifar, capsys, tmp_path, monkeypatch):
+    from dfcil.engine.trainer import Trainer
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dfcil.run, "execute", interrupted)
+    monkeypatch.setattr(Trainer, "run", interrupted)
     run_dir = tmp_path / "my-run"
     assert main(["run", SMOKE, "-o", str(run_dir), *QUIET]) == 130
     err = capsys.readouterr().err.splitlines()

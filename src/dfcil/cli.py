@@ -116,9 +116,6 @@ def _run(args: argparse.Namespace) -> int:
     dist = Distributed.from_environment(config.runtime.device)
     try:
         run_dir = dist.broadcast_object(run_dir)  # one directory even if the ranks' clocks differ
-        if dist.is_main:
-            print(f"[dfcil] {'resuming' if checkpoint is not None else 'run directory'} {run_dir}",
-                  file=sys.stderr, flush=True)
         try:
             metrics = execute(config, run_dir, checkpoint, dist, first_task_from=args.first_task_from)
         except KeyboardInterrupt:

@@ -213,6 +213,8 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
             "wall_time_s": checkpoint.wall_time_s,
         }
     write_json(run_file, {"fingerprint": fingerprint(config), "sessions": sessions})
+    print(f"[dfcil] {'resuming' if checkpoint is not None and not adopted else 'run directory'} {run_dir}",
+          file=sys.stderr, flush=True)
     return trainer.run(resume=checkpoint)
 
 

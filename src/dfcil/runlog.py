@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,12 @@ class RunLog:
                 task = record["task"] - 1
                 later = task > position.task or (task == position.task and not position.task_done)
             elif "task" in record:  # e.g. synthesis records, written before the task's first epoch
-                later = record["task"] - 1 > position.task
+                task = record["task"] - 1
+                later = task > position.task or (
+                    # inside the task's preparation: only the records of the steps done are kept
+                    task == position.task and not position.task_done and position.preparing is not None
+                    and record.get("step", record.get("iteration", math.inf)) > position.preparing
+                )
             else:
                 later = False
             if not later:

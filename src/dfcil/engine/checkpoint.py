@@ -22,12 +22,15 @@ LAST = Path("checkpoints") / "last.pt"
 @dataclass(frozen=True)
 class Position:
     """Where a run stands: ``epoch`` epochs of phase ``phase`` of task ``task`` are done
-    (0-based task and phase), or, with ``task_done``, task ``task`` is finished and evaluated."""
+    (0-based task and phase), or, with ``task_done``, task ``task`` is finished and evaluated,
+    or, with ``preparing``, the task's preparation (a generator's or delegator's training before
+    its first epoch) is in progress with ``preparing`` steps done."""
 
     task: int
     phase: int
     epoch: int
     task_done: bool
+    preparing: int | None = None
 
 
 @dataclass
@@ -83,7 +86,14 @@ def load(run_dir: Path, config: Config) -> Checkpoint | None:
     path = run_dir / LAST
     if not path.exists():
         return None
-    checkpoint = read(path)
+    try:
+        checkpoint = read(path)
+    except RunDirError as error:
+        # the run's first task is a complete checkpoint of its own (dfcil.first_task)
+        hint = (f"; a new run can start from its first task: dfcil run {run_dir / 'config.yaml'} -o NEW_DIR "
+                f"--first-task-from {run_dir}") if (run_dir / "checkpoints" / "first_task.json").is_file() else \
+            "; start the run again in a new directory"
+        raise RunDirError(f"{error} (the run cannot be resumed{hint})") from None
     expected = run_fingerprint(config)
     if checkpoint.fingerprint != expected:
         difference = None if checkpoint.config is None else first_difference(

@@ -161,6 +161,7 @@ class Trainer:
             test_accuracy=self._test_accuracy if start_task == 0 else None,  # no test data of earlier classes
             task_sizes=tuple(t.num_new for t in self.scenario.tasks),
             dist=dist,
+            prepare_progress=self._prepare_progress,
         )
         options = parse_method_options(config.method)
         self.method: Method = method_class(config.method_name)(options, self.env)
@@ -169,6 +170,8 @@ class Trainer:
         self.wall_time_s = 0.0
         self._last_save = -math.inf  # time.monotonic() of the last checkpoint
         self._run_step: Any = lambda closure: closure()
+        self._preparing: int | None = None  # index of the task whose prepare_task is running
+        self._clock = (0.0, time.perf_counter())  # (wall time of earlier sessions, this session's start)
 
     # ------------------------------------------------------------------------------------
     def _check_class_coverage(self) -> None:
@@ -422,6 +425,16 @@ class Trainer:
             out["method_diagnostics"] = diagnostics
         return out
 
+    def _prepare_progress(self, steps_done: int) -> None:
+        """A method's long preparation (generator training) did a step: checkpoint it when the
+        last checkpoint is ``runtime.checkpoint_every_s`` old, so that a kill loses no more."""
+        if self._preparing is None:
+            return
+        if time.monotonic() - self._last_save >= self.config.runtime.checkpoint_every_s:
+            base_wall, session_start = self._clock
+            self.wall_time_s = base_wall + time.perf_counter() - session_start
+            self._save(ckpt.Position(task=self._preparing, phase=0, epoch=0, task_done=False, preparing=steps_done))
+
     def _save(self, position: ckpt.Position, optimizer: Any = None, scheduler: Any = None) -> None:
         self._last_save = time.monotonic()
         if not self.dist.is_main:
@@ -472,16 +485,24 @@ class Trainer:
         def tick() -> None:
             self.wall_time_s = base_wall + time.perf_counter() - session_start
 
+        self._clock = (base_wall, session_start)
         first_task = position.task + 1 if position.task_done else position.task
         for task in self.scenario.tasks[first_task:]:
             mid_task = resume is not None and not position.task_done and task.index == position.task
-            if not mid_task:
-                if self.method.resets_model(task):
+            mid_preparation = mid_task and position.preparing is not None
+            if not mid_task or mid_preparation:
+                if self.method.resets_model(task) and not mid_preparation:
                     self.model = self.make_model(self.model.head_sizes)
-                self.method.prepare_task(self.model, task)
+                # after a kill inside it, prepare_task continues the training its restored state holds
+                self._preparing = task.index
+                try:
+                    self.method.prepare_task(self.model, task)
+                finally:
+                    self._preparing = None
                 self.model.add_head(task.num_new)
                 # a resumed run must not redo prepare_task (e.g. generator training)
                 self._save(ckpt.Position(task=task.index, phase=0, epoch=0, task_done=False))
+                mid_task = False
             phases = self.method.phases(task)
             first_phase = position.phase if mid_task else 0
             for phase_index in range(first_phase, len(phases)):

@@ -105,6 +105,10 @@ class RunEnv:
     test_accuracy: Callable[[IncrementalClassifier, int], float] | None = None
     task_sizes: tuple[int, ...] = ()  # classes of every task of the run, in order
     dist: Distributed = SINGLE  # this process's rank in a multi-process (torchrun) run
+    # call after every step of a long training inside prepare_task (a generator, a delegator)
+    # with the steps done: the engine may checkpoint there, with the method's state_dict holding
+    # the training in progress, and a resumed run calls prepare_task again to continue it
+    prepare_progress: Callable[[int], None] = lambda step: None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on the run's device when ``precision`` is bf16, else a no-op."""

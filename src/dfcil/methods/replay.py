@@ -39,7 +39,8 @@ class SyntheticReplayMethod(Method):
         if task.num_old == 0 or self.old.model is None:
             return
         log = lambda record: self.env.log({**record, "task": task.index + 1})  # noqa: E731
-        self.synthesizer.train(self.old.model, task.num_old, log, self.env.train.batch_size)
+        self.synthesizer.train(self.old.model, task.num_old, log, self.env.train.batch_size,
+                               progress=self.env.prepare_progress)
         self.synthesizer.save_grid(
             self.old.model, task.num_old, self.env.output_dir / "synthesis" / f"task_{task.index + 1}.png",
             self.env.normalizer.denormalize,

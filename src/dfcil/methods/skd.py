@@ -81,6 +81,9 @@ class SKD(Method):
                                             env.generator, env.channels_last, env.dist)
         self.checks: list[dict[str, Any]] = []
         self.gamma: float | None = None
+        # the student of a delegator training a checkpoint interrupted, rebuilt when the state is
+        # loaded (before the run's random streams are restored, so building it draws nothing)
+        self._student_in_progress: IncrementalClassifier | None = None
 
     # ------------------------------------------------------------------------------------------
     def prepare_task(self, model: IncrementalClassifier, task: Task) -> None:
@@ -89,9 +92,10 @@ class SKD(Method):
         if task.num_old == 0 or self.old.model is None:
             return
         teacher = self.old.model
-        student = self.env.make_model(teacher.head_sizes)  # random initialisation
+        student = self._student_in_progress or self.env.make_model(teacher.head_sizes)  # random initialisation
+        self._student_in_progress = None
         log = lambda record: self.env.log({**record, "task": task.index + 1})  # noqa: E731
-        self.delegator.train(teacher, student, task.num_old, log)
+        self.delegator.train(teacher, student, task.num_old, log, progress=self.env.prepare_progress)
         if self.options.delegator_check and self.env.test_accuracy is not None:
             self.checks = [c for c in self.checks if c["task"] != task.index + 1]
             check = delegator_check(teacher, student, task.num_old, self.env)
@@ -153,6 +157,11 @@ class SKD(Method):
         self.old.load_state_dict(state["old_model"], self.env)
         self.delegator.load_state_dict(state["delegator"])
         self.checks = list(state.get("checks", []))
+        self._student_in_progress = None
+        training = self.delegator.resume_states
+        if training is not None and self.old.model is not None:
+            self._student_in_progress = self.env.make_model(self.old.model.head_sizes)
+            self._student_in_progress.load_state_dict(training["student"])
 
 
 def delegator_check(teacher: IncrementalClassifier, student: IncrementalClassifier, num_old: int,

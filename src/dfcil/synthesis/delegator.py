@@ -99,21 +99,33 @@ class KnowledgeDelegator:
         self.rng = rng
         self.channels_last = channels_last
         self.generator: Generator | None = None
+        # the training in progress (see train's ``progress``): its iterations done and the live
+        # student and optimisers while it runs; after a restore, the saved states to continue from
+        self.iterations_done: int | None = None
+        self._live: dict[str, Any] | None = None
+        self.resume_states: dict[str, Any] | None = None
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train(self, teacher: IncrementalClassifier, student: IncrementalClassifier, num_old: int,
-              log: Callable[[dict[str, Any]], None]) -> dict[str, float]:
+              log: Callable[[dict[str, Any]], None], progress: Callable[[int], None] | None = None) -> dict[str, float]:
         """Imitate & explore against the frozen ``teacher`` with the freshly initialised ``student``
         (same architecture; its heads are not used). Returns the last logged averages.
+
+        ``progress(iteration)`` is called after every iteration (and its log record): a checkpoint
+        taken there (:meth:`state_dict`, which then holds the student and the optimisers too) is
+        continued at the next iteration by a delegator restored from it, given the student
+        restored from ``resume_states["student"]`` (the caller restores the random streams).
 
         In a multi-process run each rank draws its slice of every delegator batch; DDP averages
         the student's gradients in imitate and the delegator's (and, with
         ``step_student_in_explore``, the student's) in explore; R_feature uses the BN statistics
         of the global batch."""
         opts = self.options
-        if self.generator is None or not opts.continual:
+        resume = self.resume_states if self.generator is not None else None
+        self.resume_states = None
+        if resume is None and (self.generator is None or not opts.continual):
             self.generator = build_generator(self.image_size, opts.z_dim, opts.bn_eps,
                                              self.channels_last).to(self.device)
         delegator = self.generator
@@ -127,6 +139,15 @@ class KnowledgeDelegator:
         if opts.imitate_steps or opts.step_student_in_explore:
             stepped.append(student_opt)
         schedules = [torch.optim.lr_scheduler.StepLR(o, opts.lr_decay_every, opts.lr_decay_factor) for o in stepped]
+        first_iteration = 1
+        if resume is not None:
+            student_opt.load_state_dict(resume["student_optimizer"])
+            delegator_opt.load_state_dict(resume["delegator_optimizer"])
+            for schedule, state in zip(schedules, resume["schedules"], strict=True):
+                schedule.load_state_dict(state)
+            first_iteration = int(resume["iterations_done"]) + 1
+        self._live = {"student": student, "student_optimizer": student_opt, "delegator_optimizer": delegator_opt,
+                      "schedules": schedules}
         window = WindowMeans()
         last: dict[str, float] = {}
         batch = self.dist.shard_size(opts.batch_size)
@@ -160,7 +181,7 @@ class KnowledgeDelegator:
         weights = {"explore": opts.explore_weight, "category": opts.category_weight,
                    "diversity": opts.diversity_weight, "bn": opts.bn_weight}
         start = time.perf_counter()
-        for iteration in range(1, opts.iterations + 1):
+        for iteration in range(first_iteration, opts.iterations + 1):
             imitate = torch.zeros((), device=self.device)
             for _ in range(opts.imitate_steps):
                 loss = imitate_step(imitate_loss)
@@ -186,8 +207,13 @@ class KnowledgeDelegator:
             if iteration % opts.log_every == 0 or iteration == opts.iterations:
                 last = window.pop_means()
                 seconds = time.perf_counter() - start
-                log({"event": "delegator", "iteration": iteration, **last, "iterations_per_s": iteration / seconds,
-                     "seconds": seconds})
+                log({"event": "delegator", "iteration": iteration, **last,
+                     "iterations_per_s": (iteration - first_iteration + 1) / seconds, "seconds": seconds})
+            self.iterations_done = iteration
+            if progress is not None:
+                progress(iteration)  # after the iteration's record: a checkpoint here keeps it
+        self.iterations_done = None
+        self._live = None
         delegator.eval()
         student.eval()
         return last
@@ -199,15 +225,31 @@ class KnowledgeDelegator:
         return generate_images(self.generator, count, self.device, self.rng, self.autocast, self.channels_last)
 
     def state_dict(self) -> dict[str, Any] | None:
-        """The delegator's weights (None before its first training)."""
-        return None if self.generator is None else self.generator.state_dict()
+        """The delegator's weights (None before its first training), and, while it trains, the
+        iterations done, the student and the optimiser and schedule states."""
+        if self.generator is None:
+            return None
+        state: dict[str, Any] = {"generator": self.generator.state_dict()}
+        if self._live is not None and self.iterations_done is not None:
+            state["training"] = {
+                "iterations_done": self.iterations_done,
+                "student": self._live["student"].state_dict(),
+                "student_optimizer": self._live["student_optimizer"].state_dict(),
+                "delegator_optimizer": self._live["delegator_optimizer"].state_dict(),
+                "schedules": [schedule.state_dict() for schedule in self._live["schedules"]],
+            }
+        return state
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (a training in progress goes to ``resume_states``)."""
+        self._live, self.iterations_done, self.resume_states = None, None, None
         if state is None:
             self.generator = None
             return
+        if "generator" not in state:  # checkpoints before resumable training: the weights alone
+            state = {"generator": state}
         self.generator = build_generator(self.image_size, self.options.z_dim, self.options.bn_eps,
                                          self.channels_last).to(self.device)
-        self.generator.load_state_dict(state)
+        self.generator.load_state_dict(state["generator"])
         self.generator.eval()
+        self.resume_states = state.get("training")

@@ -125,6 +125,11 @@ class Synthesizer:
         self.channels_last = channels_last
         self.generator: Generator | None = None
         self.optimizer_state: dict[str, Any] | None = None
+        # the generator training in progress: steps done and its optimiser (None between
+        # trainings); a checkpoint taken through train's ``progress`` holds both, and train
+        # continues from them after a resume
+        self.steps_done: int | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------------------------------
     def _new_generator(self) -> Generator:
@@ -136,15 +141,21 @@ class Synthesizer:
         """Fit a generator (new, or the previous one with ``warm_start``) against ``old_model``.
 
         In a multi-process run each rank generates its slice of the batch, the BN statistics
-        are those of the global batch and DDP averages the generator's gradients."""
+        are those of the global batch and DDP averages the generator's gradients.
+        ``progress(step)`` is called after every step (and its log record): a checkpoint taken
+        there (:meth:`state_dict`) holds the training in progress, which a synthesizer restored
+        from it continues at the next step, exactly (the caller restores the random streams)."""
         opts = self.options
-        if self.generator is None or not opts.warm_start:
+        resuming = self.steps_done is not None and self.generator is not None
+        if not resuming and (self.generator is None or not opts.warm_start):
             self.generator = self._new_generator()
             self.optimizer_state = None
         generator = self.generator
         optimizer = torch.optim.Adam(generator.parameters(), lr=opts.lr)
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
+        first_step = (self.steps_done or 0) + 1 if resuming else 1
+        self._optimizer = optimizer
         batch = self.dist.shard_size(opts.batch_size or batch_size)
         run_step = self.dist.step_runner([generator], self.device)
         old_model.eval()
@@ -167,7 +178,7 @@ class Synthesizer:
                 assert isinstance(total, torch.Tensor)
                 return total, {name: value for name, (value, _) in weighted.items()}, logits
 
-            for step in range(1, opts.steps + 1):
+            for step in range(first_step, opts.steps + 1):
                 total, terms, logits = run_step(losses)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -176,13 +187,16 @@ class Synthesizer:
                 assert saturation.value is not None
                 window.add({**terms, "total": total, "confidence": confidence, "coverage": coverage,
                             "tanh_saturated": saturation.value})
-                if progress is not None:
-                    progress(step)
                 if step % opts.log_every == 0 or step == opts.steps:
-                    last = window.pop_means()
+                    last = window.pop_means()  # after a resume, the first window holds fewer steps
                     seconds = time.perf_counter() - start
                     log({"event": "synthesis", "step": step, "steps": opts.steps, **last,
-                         "steps_per_s": step / max(seconds, 1e-9)})
+                         "steps_per_s": (step - first_step + 1) / max(seconds, 1e-9)})
+                self.steps_done = step
+                if progress is not None:
+                    progress(step)  # after the step's record: a checkpoint here keeps it
+        self.steps_done = None
+        self._optimizer = None
         # Adam's moments (twice the generator's size) only matter to a generator trained on
         # next task (warm_start); kept otherwise, they would be in every checkpoint of the task
         self.optimizer_state = optimizer.state_dict() if opts.warm_start else None
@@ -206,6 +220,7 @@ class Synthesizer:
 
     def discard(self) -> None:
         """Forget the generator (end of task), unless ``warm_start`` keeps it for the next one."""
+        self.steps_done = None
         if not self.options.warm_start:
             self.generator = None
             self.optimizer_state = None
@@ -224,21 +239,26 @@ class Synthesizer:
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any] | None:
-        """Generator and optimiser state (None when there is no generator)."""
+        """Generator and optimiser state, and the steps done of a training in progress (None
+        when there is no generator)."""
         if self.generator is None:
             return None
-        return {"generator": self.generator.state_dict(), "optimizer": self.optimizer_state}
+        optimizer = self._optimizer.state_dict() if self._optimizer is not None else self.optimizer_state
+        return {"generator": self.generator.state_dict(), "optimizer": optimizer, "steps_done": self.steps_done}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Inverse of :meth:`state_dict`."""
+        self._optimizer = None
         if state is None:
             self.generator = None
             self.optimizer_state = None
+            self.steps_done = None
             return
         self.generator = self._new_generator()
         self.generator.load_state_dict(state["generator"])
         self.generator.eval()
         self.optimizer_state = state["optimizer"]
+        self.steps_done = state.get("steps_done")  # checkpoints before resumable training: None
 
 
 def save_sample_grid(draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], num_classes: int, image_size: int,
