@@ -1,4 +1,5 @@
-"""A run killed inside a generator's or SKD's delegator's training (before the task's first epoch)
+"""Exact resume for every method: a run killed inside a generator's or SKD's delegator's training
+(before the task's first epoch), or inside the last phase of task 2 (R-DFCIL: its refinement),
 resumes there and ends exactly as the run that was never killed: weights, metrics and log."""
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ METHODS = {
 KILL_AT = 3  # generator steps done in task 2 when the run is killed
 
 
-def _config(method: str):
+def _config(method: str, epochs: int = 1, options: dict | None = None):
     return parse_config({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
-        "train": {"epochs": 1, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],
+        "train": {"epochs": epochs, "batch_size": 16, "lr": 0.05, "schedule": "multistep", "milestones": [1],
                   "precision": "fp32"},
-        "method": {"name": method, **METHODS[method]},
+        "method": {"name": method, **(METHODS[method] if options is None else options)},
         "runtime": {"progress": False, "device": "cpu", "num_threads": 1, "checkpoint_every_s": 0},
     })
 
@@ -80,3 +81,38 @@ def test_a_kill_inside_generator_training_resumes_exactly(method, tmp_path):
     # every record of the steps after the kill is redone once; the generator's loss terms too,
     # except the first window after the resume (log_every 1: one step, so the same values)
     assert _without_times(records) == _without_times(reference.log.records)
+
+
+EVERY_METHOD = {"finetune": {}, "lwf": {}, "joint": {}, **METHODS, "rdfcil": {**GENERATOR, "refine_epochs": 2}}
+
+
+class KilledInTheLastPhase(Trainer):
+    """Killed right after the checkpoint of the first epoch of task 2's last phase."""
+
+    def _save(self, position, optimizer=None, scheduler=None) -> None:
+        super()._save(position, optimizer, scheduler)
+        last_phase = len(self.method.phases(self.scenario.tasks[1])) - 1
+        if position == ckpt.Position(task=1, phase=last_phase, epoch=1, task_done=False):
+            raise Killed
+
+
+@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
+def test_a_kill_inside_the_last_phase_of_task_2_resumes_exactly(method, tmp_path):
+    config = _config(method, epochs=2, options=EVERY_METHOD[method])
+    reference = Trainer(config, tmp_path / "reference", coloured_dataset())
+    expected = reference.run()
+    run_dir = tmp_path / "killed"
+    with pytest.raises(Killed):
+        KilledInTheLastPhase(config, run_dir, coloured_dataset()).run()
+    checkpoint = ckpt.load(run_dir, config)
+    assert checkpoint is not None and checkpoint.position.task == 1 and checkpoint.position.epoch == 1
+    assert checkpoint.optimizer is not None and checkpoint.scheduler is not None
+    resumed = Trainer(config, run_dir, coloured_dataset())
+    metrics = resumed.run(resume=checkpoint)
+    assert metrics["accuracy_matrix"] == expected["accuracy_matrix"]
+    final, reference_weights = resumed.model.state_dict(), reference.model.state_dict()
+    assert all(torch.equal(final[k], reference_weights[k]) for k in final), f"{method}: weights differ"
+    assert _without_times(resumed.log.records) == _without_times(reference.log.records)
+    if method == "rdfcil":  # killed inside the refinement, as the position said
+        refine = [r["epoch"] for r in resumed.log.records if r["event"] == "epoch" and r["phase"] == "refine"]
+        assert checkpoint.position.phase == 1 and refine == [1, 2]

@@ -521,13 +521,15 @@ class Trainer:
                     stats = self._train_epoch(task, phase, epoch, optimizer)
                     scheduler.step()
                     tick()
+                    # the record first: a kill between the two leaves a record after the checkpoint,
+                    # which a resume drops and redoes; the other way round it would lose the record
+                    self.log.append(_epoch_record(task, phase, phase_index, epoch, lr, stats))
                     # a GPU trains an epoch in a second or two, and a data-free method's checkpoint
                     # (old model, generator) is tens of MB: not after every one of them
                     if (epoch == phase.epochs
                             or time.monotonic() - self._last_save >= self.config.runtime.checkpoint_every_s):
                         here = ckpt.Position(task=task.index, phase=phase_index, epoch=epoch, task_done=False)
                         self._save(here, optimizer, scheduler)
-                    self.log.append(_epoch_record(task, phase, phase_index, epoch, lr, stats))
                     if not (self.config.runtime.progress and self.dist.is_main):
                         continue
                     print(
