@@ -300,3 +300,22 @@ def test_log_truncation_keeps_a_phase_eval_only_before_its_phase_is_redone(tmp_p
     assert len(log.records) == 4
     log.truncate_after(Position(task=0, phase=0, epoch=0, task_done=True))
     assert log.records == []
+
+
+def test_progress_into_a_file_is_one_line_per_epoch_and_per_generator_window(tmp_path, capsys):
+    config = parse_config({
+        "data": {"dataset": "imagefolder"},
+        "scenario": {"order": "identity", "num_tasks": 2},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],
+                  "precision": "fp32"},
+        "method": {"name": "abd", "synthesis": {"steps": 4, "batch_size": 8, "log_every": 2}},
+        "runtime": {"progress": True, "device": "cpu", "num_threads": 1},
+    })
+    Trainer(config, tmp_path / "run", coloured_dataset()).run()
+    err = capsys.readouterr().err  # not a terminal: no bars, no carriage returns
+    assert "\r" not in err and "it/s" not in err
+    lines = err.splitlines()
+    assert [line.split(":")[0] for line in lines if "generator step" in line] == [
+        "[dfcil] task 2 generator step 2/4", "[dfcil] task 2 generator step 4/4"]
+    assert all("old-model confidence" in line and "coverage" in line for line in lines if "generator" in line)
+    assert sum(" epoch " in line for line in lines) == 4  # 2 tasks x 2 epochs, one line each

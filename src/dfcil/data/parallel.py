@@ -23,9 +23,11 @@ def num_workers() -> int:
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool, unit: str = "img") -> tqdm:
-    """A tqdm bar on stderr, silent when ``enabled`` is False."""
+    """A tqdm bar on stderr, silent when ``enabled`` is False; when stderr is not a terminal
+    (a log file, a pipe) it updates at most once a minute instead of many times a second."""
+    interactive = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+                dynamic_ncols=interactive, mininterval=0.5 if interactive else 60.0)
 
 
 def _decode_block(paths: Sequence[Path], out: np.ndarray, start: int, geometry: Geometry) -> int:

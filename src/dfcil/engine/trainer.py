@@ -157,7 +157,7 @@ class Trainer:
             make_model=self.make_model,
             image_size=int(dataset.train.images.shape[1]),
             output_dir=run_dir,
-            log=self.log.append,
+            log=self._method_log,
             test_accuracy=self._test_accuracy if start_task == 0 else None,  # no test data of earlier classes
             task_sizes=tuple(t.num_new for t in self.scenario.tasks),
             dist=dist,
@@ -272,8 +272,10 @@ class Trainer:
         scored = 0
         images_seen = 0
         desc = f"task {task.index + 1}/{len(self.scenario.tasks)} {phase.name} {epoch}/{phase.epochs}"
+        # a bar only on a terminal: into a file or pipe it writes a line per update, and the
+        # epoch's summary line below says the same once
         bar = tqdm(total=total_batches, desc=desc, leave=False,
-                   disable=not (self.config.runtime.progress and self.dist.is_main),
+                   disable=not (self.config.runtime.progress and self.dist.is_main and sys.stderr.isatty()),
                    file=sys.stderr, dynamic_ncols=True)
         start = time.perf_counter()
         shown = -math.inf  # when the progress bar last showed the running loss
@@ -424,6 +426,19 @@ class Trainer:
         if diagnostics:
             out["method_diagnostics"] = diagnostics
         return out
+
+    def _method_log(self, record: dict[str, Any]) -> None:
+        """A method's log record: into ``log.jsonl``, and a generator's or delegator's progress
+        also onto stderr (one line per logged window) when ``runtime.progress`` is on."""
+        self.log.append(record)
+        if not (self.config.runtime.progress and self.dist.is_main) or record.get("event") not in ("synthesis", "delegator"):
+            return
+        done, total = (record["step"], record.get("steps")) if "step" in record else (record["iteration"], None)
+        rate = record.get("steps_per_s", record.get("iterations_per_s"))
+        what = "generator step" if record["event"] == "synthesis" else "delegator iteration"
+        print(f"[dfcil] task {record.get('task', '?')} {what} {done}/{total or '?'}: loss {record.get('total', math.nan):.4f} "
+              f"old-model confidence {record.get('confidence', math.nan):.3f} coverage {record.get('coverage', math.nan):.2f}"
+              + (f" {rate:.2f}/s" if rate else ""), file=sys.stderr, flush=True)
 
     def _prepare_progress(self, steps_done: int) -> None:
         """A method's long preparation (generator training) did a step: checkpoint it when the
