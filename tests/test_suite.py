@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +371,12 @@ def test_runs_of_one_first_task_wait_for_it_and_start_from_it(tmp_path, tiny_tre
         command, _ = by_name[f"seed-{seed}__method-lwf"]
         assert command[command.index("--first-task-from") + 1] == str(out / f"seed-{seed}__method-ft")
         assert "--first-task-from" not in by_name[f"seed-{seed}__method-ft"][0]
+
+    # a selection (--only) of a later invocation starts from the first task of a run outside it
+    (out / "seed-0__method-lwf" / "metrics.json").unlink()
+    shutil.rmtree(out / "seed-0__method-lwf")
+    started.clear()
+    selection = select_runs(suite, ["seed-0__method-lwf"])
+    assert execute_suite(selection, out, jobs=1, grid=suite)["done"] == ["seed-0__method-lwf"]
+    command = started[0][1]
+    assert command[command.index("--first-task-from") + 1] == str(out / "seed-0__method-ft")

@@ -149,7 +149,7 @@ def _suite(args: argparse.Namespace) -> int:
     if args.adopt and not args.dry_run:
         for name, source in adopt_runs(suite, out, args.adopt):
             print(f"[suite] adopted {name} from {source}", file=sys.stderr, flush=True)
-    outcome = execute_suite(suite, out, jobs=args.jobs, dry_run=args.dry_run)
+    outcome = execute_suite(suite, out, jobs=args.jobs, dry_run=args.dry_run, grid=grid)
     print(json.dumps({"suite": suite.name, "runs": len(suite.runs), "output": str(out),
                       **{key: len(names) for key, names in outcome.items()}, "failed_runs": outcome["failed"]}))
     return 1 if outcome["failed"] else 0

@@ -452,10 +452,13 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int | None:
     return max(1, (cores or os.cpu_count() or 1) // jobs)
 
 
-def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False) -> dict[str, list[str]]:
+def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
+                  grid: Suite | None = None) -> dict[str, list[str]]:
     """Run every run of ``suite`` not yet complete; return the names by outcome
     (``skipped``, ``done``, ``failed``, ``running_elsewhere``: runs another process was training,
     e.g. a second suite over the same output, left to it). Console output of each run: ``<out>/logs/<name>.log``.
+    ``grid``: the whole suite when ``suite`` is a selection of it (``--only``): a selected run
+    starts from the completed first task of any run of the grid under ``out`` that shares it.
 
     Joint runs start first; any other run starts as soon as a job slot is free and its partner
     joint run (the one that gives its Omega) has ended, so no slot idles while a joint runs."""
@@ -481,10 +484,11 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False)
     threads = threads_per_job(jobs)
     # runs that train the same first task share it: the first of a group to start trains it, the
     # others start from it once it is done (dfcil.first_task)
-    keys = {run.name: run.first_task_key() for run in suite.runs}
+    every_run = {run.name: run for run in (grid.runs if grid is not None else [])} | {r.name: r for r in suite.runs}
+    keys = {name: run.first_task_key() for name, run in every_run.items()}
     groups: dict[str, list[SuiteRun]] = {}
-    for run in suite.runs:
-        groups.setdefault(keys[run.name], []).append(run)
+    for name, run in every_run.items():
+        groups.setdefault(keys[name], []).append(run)
 
     def first_task_donor(run: SuiteRun) -> Path | None:
         """A run directory of ``run``'s group with a completed first task, for a new run."""
