@@ -307,6 +307,20 @@ def test_second_load_hits_cache(folder_tree: Path, tmp_path: Path, monkeypatch: 
         load_dataset("imagefolder", folder_tree, tmp_path / "cache", image_size=8, progress=False)
 
 
+def test_an_image_rewritten_in_place_deep_in_the_tree_gets_a_fresh_cache(folder_tree: Path, tmp_path: Path) -> None:
+    import os
+
+    first = load_dataset("imagefolder", folder_tree, tmp_path / "cache", image_size=16, progress=False)
+    image = folder_tree / "train" / "dog" / "0.png"  # three levels below the root
+    folder_mtime = os.stat(image.parent).st_mtime_ns
+    save_image(image, (255, 255, 255), size=(40, 24))  # same name, new pixels, written in place
+    os.utime(image.parent, ns=(folder_mtime, folder_mtime))  # its folder looks untouched
+    second = load_dataset("imagefolder", folder_tree, tmp_path / "cache", image_size=16, progress=False)
+    changed = ~np.all(first.train.images == second.train.images, axis=(1, 2, 3))
+    assert changed.sum() == 1  # the rewritten image, decoded again; not the stale cached pixels
+    assert len(list((tmp_path / "cache").rglob("manifest.json"))) == 2  # a fresh entry beside the old
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "no_manifest", "bad_manifest"])
 def test_damaged_cache_is_rebuilt(folder_tree: Path, tmp_path: Path, damage: str,
                                   capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,10 +1,11 @@
 """A cheap fingerprint of a dataset source, so an edited source gets a fresh cache.
 
-A file is fingerprinted by its size and mtime. A directory by the names, sizes and mtimes
-of everything up to two levels below it, plus the mtimes of the folders two levels down
-(hidden entries skipped): adding, removing or renaming an image changes its class folder's
-mtime, which is two levels below the root of an image-folder tree. Editing an image in
-place deeper down is not noticed.
+A file is fingerprinted by its size and mtime; a directory by the names, sizes and mtimes of
+every file below it, at any depth (hidden entries skipped), so an image added, removed, renamed,
+truncated or rewritten in place anywhere in an image-folder tree (``train/<class>/<image>`` too)
+changes it. Only an edit that keeps both the size and the mtime goes unnoticed. Walking a tree
+costs one ``stat`` per file (about a second for ImageNet-100's 130,000 images), against minutes
+of decoding when the cache is rebuilt.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from dfcil.errors import DataError
 
-DEPTH = 2
+DEPTH = 64  # folder levels walked: every level of any real image tree
 
 
 def _walk(path: Path, rel: str, depth: int, exclude: Path | None, lines: list[str]) -> None:
