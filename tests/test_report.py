@@ -519,3 +519,22 @@ def test_a_path_given_first_supersedes_same_seed_runs_of_later_paths(tmp_path):
     exclude_superseded(records)
     assert not any(r.excluded for r in records)
     assert any("seed 0 appears in 2 runs" in w for w in duplicate_seed_warnings(group_runs(records)))
+
+
+def test_plots_wrap_long_titles_and_draw_cjk_class_names_quietly(tmp_path) -> None:
+    import warnings
+
+    from dfcil.report.plots import wrap_title
+    from dfcil.workflow.inference import Evaluation, plot_confusion
+
+    title = wrap_title("accuracy matrix\n" + "a-very-long-run-directory-name " * 6, 5.3)
+    lines = title.split("\n")
+    assert lines[0] == "accuracy matrix" and len(lines) > 2 and max(map(len, lines)) <= 5.3 * 100 / 6
+    evaluation = Evaluation(accuracy=50.0, images=4, per_class={"猫": 50.0, "犬": 50.0}, per_step=[],
+                            confusion=np.array([[1, 1], [1, 1]]), class_names=["猫", "犬"], skipped=[])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_confusion(evaluation, tmp_path / "confusion.png", "模型 on 写真")
+    assert not [w for w in caught if "missing from" in str(w.message)]  # no warning per glyph
+    with Image.open(tmp_path / "confusion.png") as png:
+        assert png.size[0] > 200

@@ -206,7 +206,7 @@ def run_domain_gaps(run_dir: Path, config: dict[str, Any]) -> list[TaskGap]:
 
 def plot_domain_gap(gap: TaskGap, title: str, path: Path) -> None:
     """Scatter of the t-SNE map (real old / synthetic / real new), the figures in the title."""
-    from dfcil.report.plots import new_figure, save_figure
+    from dfcil.report.plots import new_figure, save_figure, tight_layout
 
     figure = new_figure(6.5, 6.0)
     axes = figure.add_subplot()
@@ -222,5 +222,5 @@ def plot_domain_gap(gap: TaskGap, title: str, path: Path) -> None:
     axes.set_title(f"{title}\ntask {gap.task}: MID real-old vs synthetic {gap.mid_real_synthetic:.2f}, "
                    f"vs real-new {gap.mid_real_new:.2f}\nMMD² {gap.mmd_real_synthetic:.3f} vs {gap.mmd_real_new:.3f}",
                    fontsize=9)
-    figure.tight_layout()
+    tight_layout(figure)
     save_figure(figure, path)

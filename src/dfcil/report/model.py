@@ -12,7 +12,7 @@ from dfcil.report.runs import RunRecord
 METRICS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "last_accuracy": ("A_N", "last accuracy: accuracy on all classes after the last task (%)"),
     "average_incremental_accuracy": ("Avg", "average incremental accuracy: mean of the accuracy after each task (%)"),
-    "omega": ("Omega", "Omega: mean accuracy normalised by the joint upper bound's (%)"),
+    "omega": ("Omega", "the accuracy after each task divided by the joint upper bound's, averaged over tasks (%)"),
 })
 
 

@@ -8,12 +8,16 @@ figure is cleared (closed) right after it is saved.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import textwrap
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, font_manager
+from matplotlib.text import Text
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, UnidentifiedImageError
@@ -34,10 +38,50 @@ def new_figure(width: float, height: float) -> Figure:
     return figure
 
 
+#: fonts tried, in order, for characters the default font lacks (class names in CJK scripts)
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR",
+                  "WenQuanYi Zen Hei", "Droid Sans Fallback", "Arial Unicode MS", "Noto Sans")
+
+
+def _font_families() -> list[str]:
+    """DejaVu Sans, then the installed fallback fonts (matplotlib takes each glyph from the first
+    family that has it)."""
+    installed = {entry.name for entry in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed)]
+
+
+def wrap_title(text: str, figure_width: float, fontsize: float = 10.0) -> str:
+    """``text`` broken into lines that fit a figure ``figure_width`` inches wide (each of its
+    lines wrapped on its own), so a long run name is not clipped at the figure's edges."""
+    chars = max(20, int(figure_width * 100 / (0.6 * fontsize)))  # DejaVu Sans: ~0.6 em per character
+    return "\n".join(textwrap.fill(line, chars) if line else line for line in text.split("\n"))
+
+
+@contextmanager
+def _fallback_fonts(figure: Figure) -> Iterator[None]:
+    """Within the block, ``figure``'s text uses the installed fallback fonts for glyphs DejaVu
+    Sans lacks, and a glyph no font has is drawn as a box without a warning per character."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        families = _font_families()
+        for text in figure.findobj(Text):
+            text.set_fontfamily(families)
+        yield
+
+
+def tight_layout(figure: Figure) -> None:
+    """``figure.tight_layout()`` with the fonts of :func:`save_figure` (the layout measures the
+    text, so it must see the fonts the text is drawn in)."""
+    with _fallback_fonts(figure):
+        figure.tight_layout()
+
+
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Save ``figure`` as a PNG at ``path`` atomically, then close (clear) it."""
+    """Save ``figure`` as a PNG at ``path`` atomically, then close (clear) it; class names in
+    scripts DejaVu Sans lacks (CJK) are drawn in an installed font that has them."""
     try:
-        atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
+        with _fallback_fonts(figure):
+            atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
     finally:
         figure.clear()
     return path
@@ -89,7 +133,7 @@ def accuracy_curve(protocol: str, groups: Sequence[Group], path: Path) -> Path:
     axes.grid(alpha=0.3)
     if axes.lines:
         axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    figure.tight_layout()
+    tight_layout(figure)
     return save_figure(figure, path)
 
 
@@ -115,9 +159,9 @@ def accuracy_matrix(record: RunRecord, title: str, path: Path) -> Path | None:
     axes.set_yticks(range(len(rows)), [str(i + 1) for i in range(len(rows))])
     axes.set_xlabel("test data of task j")
     axes.set_ylabel("after learning task i")
-    axes.set_title(f"accuracy matrix\n{title}", fontsize=10)
+    axes.set_title(wrap_title(f"accuracy matrix\n{title}", figure.get_figwidth()), fontsize=10)
     figure.colorbar(image, ax=axes, label="accuracy (%)")
-    figure.tight_layout()
+    tight_layout(figure)
     return save_figure(figure, path)
 
 
@@ -135,10 +179,10 @@ def old_new(record: RunRecord, title: str, path: Path) -> Path | None:
     axes.set_xlabel("step (task learned)")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
-    axes.set_title(f"old vs new classes\n{title}", fontsize=10)
+    axes.set_title(wrap_title(f"old vs new classes\n{title}", figure.get_figwidth()), fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
-    figure.tight_layout()
+    tight_layout(figure)
     return save_figure(figure, path)
 
 
@@ -163,7 +207,7 @@ def synthesis_page(record: RunRecord, title: str, path: Path) -> Path | None:
         axes.imshow(_load_image(file), interpolation="nearest")
         axes.set_title(f"task {task}: synthetic samples", fontsize=10)
         axes.set_axis_off()
-    figure.suptitle(f"synthetic samples\n{title}")
-    figure.tight_layout()
+    figure.suptitle(wrap_title(f"synthetic samples\n{title}", figure.get_figwidth(), 12.0))
+    tight_layout(figure)
     return save_figure(figure, path)
 

@@ -142,7 +142,7 @@ def evaluate_folder(info: ModelInfo, model: IncrementalClassifier, root: Path, s
 
 def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> None:
     """Write the confusion matrix (row-normalised, %) as a PNG, atomically."""
-    from dfcil.report.plots import new_figure, save_figure
+    from dfcil.report.plots import new_figure, save_figure, tight_layout
 
     counts = evaluation.confusion.astype(np.float64)
     rates = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -164,5 +164,5 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> None:
                     axes.text(col, row, f"{rates[row, col]:.0f}", ha="center", va="center", fontsize=7,
                               color="white" if rates[row, col] > 50 else "black")
     figure.colorbar(image, ax=axes, label="% of the true class")
-    figure.tight_layout()
+    tight_layout(figure)
     save_figure(figure, path)
