@@ -85,7 +85,29 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
         "refine_gain": [after[t] - before[t] if t in before else None for t in range(2, tasks + 1)],
         "confidence": [confidence.get(t) for t in range(2, tasks + 1)],
         "minutes": metrics["wall_time_s"] / 60,
+        "name": run_dir.name,
+        "provenance": _provenance(run_dir),
     }
+
+
+def _provenance(run_dir: Path) -> str:
+    """Commit, machine, threads, precision and shared first task of a run (its ``run.json``)."""
+    run_file = run_dir / "run.json"
+    if not run_file.exists():
+        return "-"
+    sessions = json.loads(run_file.read_text()).get("sessions", [])
+    if not sessions:
+        return "-"
+    first = sessions[0]
+    machine = first.get("machine", {})
+    parts = [f"commit {str(first.get('commit'))[:7]}",
+             f"{machine.get('cpu_model', '?')} ({machine.get('cpu_count', '?')} cores, "
+             f"{machine.get('torch_threads', '?')} thread)", str(first.get("precision", "?")),
+             f"{len(sessions)} session(s)"]
+    donor = first.get("first_task_from")
+    if donor:
+        parts.append(f"first task from {Path(donor['run_dir']).name}")
+    return ", ".join(parts)
 
 
 def _mean_std(values: list[float | None]) -> str:
@@ -175,7 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     by_budget = collect(args.runs, args.out)
     header = (ROOT / "benchmarks" / "results" / "mini" / "budget" / "HEADER.md")
     intro = header.read_text() if header.exists() else "# Budget curves on cifar100-mini\n\n"
-    write_text(args.out / "README.md", intro + tables(by_budget))
+    runs = sorted((run for budget, group in by_budget.items() if not budget.startswith("old:") for run in group),
+                  key=lambda run: run["name"])
+    sources = ["## Runs", "",
+               "Each complete run of `DFCIL_DATA=../shared/data dfcil suite suites/mini_budget.yaml -o RUNS "
+               "--jobs 1 --only '*seed-0*gen-300*'` is copied here without checkpoints (its config, log, "
+               "metrics and run.json), and this file is written by `python benchmarks/budget_curves.py RUNS`. "
+               "Data: the real CIFAR-100 (`cifar100-jpg.tar.gz`), cifar100-mini protocol (`configs/mini.yaml`). "
+               "Minutes are wall time on a shared machine (other jobs ran beside every run): not cost figures.", "",
+               "| run | provenance |", "|---|---|", *(f"| {run['name']} | {run['provenance']} |" for run in runs), ""]
+    write_text(args.out / "README.md", intro + tables(by_budget) + "\n" + "\n".join(sources))
     print(args.out / "README.md")
     return 0
 
