@@ -75,8 +75,25 @@ def test_unusable_suite_files_are_refused_in_one_line(capsys, tmp_path):
 
 
 def test_missing_data_root(capsys, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
     monkeypatch.delenv("DFCIL_DATA", raising=False)
-    fails(["run", SMOKE, "-o", str(tmp_path / "out"), *QUIET], capsys, "DFCIL_DATA")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    requested = []
+
+    def offline(url, timeout=None):
+        requested.append(url)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    # no data root: CIFAR-100 is fetched into the default data directory; offline, it says what to do
+    fails(["run", SMOKE, "-o", str(tmp_path / "out"), *QUIET], capsys,
+          "could not download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz")
+    assert requested == ["https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"]
+    fails(["run", SMOKE, "-o", str(tmp_path / "out"), *QUIET], capsys, f"into {tmp_path / 'xdg' / 'dfcil'}")
+    fails(["run", SMOKE, "-o", str(tmp_path / "out"), *QUIET], capsys, "or set DFCIL_DATA")
+    assert list((tmp_path / "xdg" / "dfcil").iterdir()) == []  # nothing half-downloaded
     fails(["run", SMOKE, "-o", str(tmp_path / "out"), "--set", f"data.root={tmp_path}", *QUIET], capsys, "cifar")
     assert not (tmp_path / "out").exists()
 

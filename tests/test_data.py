@@ -196,9 +196,15 @@ def real_cifar_cache(cifar_env: dict[str, str]) -> Path:
 
 
 def test_resolve_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dfcil.data import data_root
+
     monkeypatch.delenv("DFCIL_DATA", raising=False)
-    with raises_data_error("DFCIL_DATA", "data.root"):
-        resolve_data_root(None)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_root(None) == (tmp_path / "xdg" / "dfcil", True)  # the default: CIFAR-100 may be fetched there
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_data_root(None) == tmp_path / "home" / ".local" / "share" / "dfcil"
+    assert data_root(tmp_path) == (tmp_path, False)
     assert resolve_data_root(tmp_path) == tmp_path
     assert resolve_data_root(str(tmp_path)) == tmp_path
     monkeypatch.setenv("DFCIL_DATA", str(tmp_path / "env"))

@@ -30,7 +30,7 @@ from dfcil.config import (
     without_runtime,
 )
 from dfcil.distributed import SINGLE, Distributed
-from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
+from dfcil.data import data_root, default_cache_dir, load_dataset
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import ConfigError, RunDirError
 from dfcil.precision import fast_bf16_available
@@ -167,12 +167,14 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
             print(f"[dfcil] {run_dir} is already complete", file=sys.stderr)
             return done
     upper = load_upper_bound(config.runtime.upper_bound)
-    root = resolve_data_root(config.data.root)
+    root, default_root = data_root(config.data.root)
+    # no data root given: CIFAR-100 is fetched into the default data directory on first use
+    download = config.data.download or (default_root and config.data.dataset == "cifar100")
 
     def load() -> Any:
         return load_dataset(
             config.data.dataset, root, default_cache_dir(), image_size=config.data.image_size,
-            download=config.data.download, progress=config.runtime.progress and dist.is_main,
+            download=download, progress=config.runtime.progress and dist.is_main,
         )
 
     # rank 0 decodes (and caches) the data first; the others then read its cache

@@ -5,7 +5,7 @@
 """
 
 from dfcil.data.arrays import DatasetArrays, ImageArrays
-from dfcil.data.paths import default_cache_dir, resolve_data_root
+from dfcil.data.paths import data_root, default_cache_dir, default_data_dir, resolve_data_root
 from dfcil.data.registry import DATASETS, load_dataset
 
 __all__ = [
@@ -15,4 +15,6 @@ __all__ = [
     "default_cache_dir",
     "load_dataset",
     "resolve_data_root",
+    "data_root",
+    "default_data_dir",
 ]

@@ -78,11 +78,15 @@ def locate(root: Path, *, download: bool = False, progress: bool = True) -> Sour
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DataError(f"cifar100: cannot create data root {root}: {exc}") from exc
-        return Source(fetch(URL, root / PICKLE_TAR, MD5, progress=progress), "pickle-tar")
+        try:
+            return Source(fetch(URL, root / PICKLE_TAR, MD5, progress=progress), "pickle-tar")
+        except DataError as error:
+            raise DataError(f"cifar100: could not download {URL} into {root} ({error}); put {PICKLE_TAR} "
+                            f"there yourself, or set DFCIL_DATA to a folder that holds CIFAR-100") from None
     raise DataError(
         f"cifar100: nothing found under {root}: looked for {PICKLE_DIR}/{{train,test,meta}}, "
         f"{PICKLE_TAR}, train/ + test/ class folders, {JPG_DIR}/, {JPG_TAR} "
-        f"(or pass download=True)"
+        f"(put one there, or pass --set data.download=true to fetch {PICKLE_TAR})"
     )
 
 
