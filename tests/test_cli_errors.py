@@ -27,6 +27,11 @@ def test_methods_lists_baselines(capsys):
     out = capsys.readouterr().out
     for name in ("finetune", "lwf", "joint"):
         assert any(line.startswith(name) and len(line.split()) > 2 for line in out.splitlines())
+    from dfcil.methods import METHODS
+
+    # method facts live on the method: only the upper bound needs the old data, and is the bound
+    assert [name for name, cls in METHODS.items() if cls.needs_old_data] == ["joint"]
+    assert [name for name, cls in METHODS.items() if cls.upper_bound] == ["joint"]
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from dfcil.distributed import SINGLE, Distributed
 from dfcil.data import data_root, default_cache_dir, load_dataset
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import ConfigError, RunDirError
+from dfcil.methods import METHODS
 from dfcil.precision import fast_bf16_available
 from dfcil.runlock import hold_run_lock
 
@@ -107,7 +108,8 @@ def load_upper_bound(path: str | None) -> dict[str, Any] | None:
         data = json.loads(file.read_text())
     except (OSError, ValueError) as error:
         raise ConfigError(f"runtime.upper_bound: cannot read {file}: {error}") from None
-    if data.get("method") != "joint" or not data.get("complete"):
+    method = METHODS.get(str(data.get("method")))
+    if method is None or not method.upper_bound or not data.get("complete"):
         raise ConfigError(f"runtime.upper_bound: {file} is not the result of a complete joint run")
     return data
 

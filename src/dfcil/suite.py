@@ -43,6 +43,7 @@ from dfcil.atomic import write_json
 from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
 from dfcil.errors import ConfigError
 from dfcil.first_task import first_task_identity, has_first_task
+from dfcil.methods import METHODS
 from dfcil.runlock import is_run_locked
 from dfcil.scenario import KNOWN_CLASS_COUNTS, build_scenario
 from dfcil.yamlio import load_file
@@ -76,8 +77,9 @@ class SuiteRun:
 
     @property
     def is_joint(self) -> bool:
-        """Whether this run is the offline upper bound."""
-        return any(item == "method.name=joint" for item in self.overrides)
+        """Whether this run is the offline upper bound (its method says so: ``Method.upper_bound``)."""
+        names = [item.split("=", 1)[1] for item in self.overrides if item.startswith("method.name=")]
+        return bool(names) and names[-1] in METHODS and METHODS[names[-1]].upper_bound
 
 
 @dataclass

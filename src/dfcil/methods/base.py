@@ -126,6 +126,12 @@ class Method:
     #: numbers as finetune) and the method's state after it is never read before the second task
     #: rebuilds it: such a run can start from another's first task (:mod:`dfcil.first_task`).
     plain_first_task: ClassVar[bool] = False
+    #: Whether it trains on the real images of earlier tasks (not data-free: ``dfcil learn``
+    #: refuses it for a step that adds classes to a model, which has no such images).
+    needs_old_data: ClassVar[bool] = False
+    #: Whether its accuracies are the offline upper bound that ABD's Omega divides by (a suite
+    #: runs it first and hands it to the other runs of its point).
+    upper_bound: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any, env: RunEnv) -> None:

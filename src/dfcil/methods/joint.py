@@ -30,6 +30,8 @@ class Joint(Method):
     description = "upper bound: CE on the union of all seen tasks' data, retrained at each step"
     Options = JointOptions
     plain_first_task = True
+    needs_old_data = True
+    upper_bound = True
 
     def train_label_range(self, task: Task) -> tuple[int, int]:
         """All classes seen so far."""

@@ -21,6 +21,7 @@ from dfcil.config import Config, apply_overrides, config_to_dict, load_yaml_tree
 from dfcil.data.arrays import DatasetArrays, ImageArrays
 from dfcil.data.stats import channel_stats
 from dfcil.errors import ConfigError, DataError
+from dfcil.methods import method_class
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Scenario, Task
 from dfcil.workflow.artifact import Architecture, InputSpec, LearningStep, ModelInfo
@@ -30,7 +31,6 @@ RECIPE = Path(__file__).with_name("recipe.yaml")
 #: Input sizes of a first model: the sizes the data-free methods' generators produce.
 IMAGE_SIZES = (32, 64, 224)
 #: Methods that need the earlier steps' images and so cannot add classes to a deployed model.
-NEEDS_OLD_DATA = frozenset({"joint"})
 _RECIPE_SECTIONS = {"seed", "data", "model", "train", "method", "runtime"}
 _RECIPE_DATA_KEYS = {"crop_padding", "flip"}
 
@@ -124,7 +124,7 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
                           f"(the sizes the data-free methods' generators produce), got {options.image_size}")
     image_size = options.image_size if info is None else info.input.size
     config = build_config(options, image_size, None if info is None else info.architecture)
-    if info is not None and config.method_name in NEEDS_OLD_DATA:
+    if info is not None and method_class(config.method_name).needs_old_data:
         raise ConfigError(f"method {config.method_name!r} needs the earlier classes' images; "
                           f"choose a data-free method (e.g. rdfcil, abd, skd, mfgr) or lwf / finetune")
     if info is not None:
