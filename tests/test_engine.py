@@ -319,3 +319,35 @@ def test_progress_into_a_file_is_one_line_per_epoch_and_per_generator_window(tmp
         "[dfcil] task 2 generator step 2/4", "[dfcil] task 2 generator step 4/4"]
     assert all("old-model confidence" in line and "coverage" in line for line in lines if "generator" in line)
     assert sum(" epoch " in line for line in lines) == 4  # 2 tasks x 2 epochs, one line each
+
+
+def test_methods_of_other_packages_register_through_entry_points(monkeypatch):
+    import dfcil.methods as registry
+    from dfcil.errors import ConfigError
+    from dfcil.methods.finetune import Finetune
+
+    class Plugin(Finetune):
+        name = "plugin-finetune"
+        description = "a third-party method"
+
+    class FakeEntryPoint:
+        def __init__(self, name, loaded):
+            self.name, self.value, self._loaded = name, f"plugins:{name}", loaded
+
+        def load(self):
+            if isinstance(self._loaded, Exception):
+                raise self._loaded
+            return self._loaded
+
+    def entry_points_of(*points):
+        return lambda group: list(points) if group == "dfcil.methods" else []
+
+    monkeypatch.setattr(registry, "entry_points", entry_points_of(FakeEntryPoint("plugin", Plugin)))
+    methods = registry._registry()
+    assert methods["plugin-finetune"] is Plugin and list(methods)[: len(registry.BUILT_IN)] == list(registry.METHODS)
+    for point, needle in ((FakeEntryPoint("broken", ImportError("no module plugins")), "does not load"),
+                          (FakeEntryPoint("odd", object), "is not a dfcil Method"),
+                          (FakeEntryPoint("thief", type("Thief", (Finetune,), {"name": "lwf"})), "'lwf' is taken")):
+        monkeypatch.setattr(registry, "entry_points", entry_points_of(point))
+        with pytest.raises(ConfigError, match=needle):
+            registry._registry()

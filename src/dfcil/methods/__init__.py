@@ -1,7 +1,15 @@
-"""Registered methods: one file each, looked up by name."""
+"""Registered methods: one file each, looked up by name.
+
+Another package registers its own methods without editing this one through the entry-point
+group ``dfcil.methods``: each entry point names a :class:`Method` subclass (in its
+``pyproject.toml``: ``[project.entry-points."dfcil.methods"] mymethod = "mypkg.mine:MyMethod"``),
+whose ``name`` it is registered under. A built-in name cannot be taken over, and an entry point
+that does not load or is not a Method stops with a one-line error naming it.
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -17,7 +25,30 @@ from dfcil.methods.rdfcil import RDFCIL
 from dfcil.methods.skd import SKD
 from dfcil.schema import from_dict
 
-METHODS: Mapping[str, type[Method]] = MappingProxyType({cls.name: cls for cls in (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL, MFGR, SKD)})
+BUILT_IN: tuple[type[Method], ...] = (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL, MFGR, SKD)
+ENTRY_POINT_GROUP = "dfcil.methods"
+
+
+def _registry() -> dict[str, type[Method]]:
+    """The built-in methods, then those of the installed packages' ``dfcil.methods`` entry points."""
+    methods: dict[str, type[Method]] = {cls.name: cls for cls in BUILT_IN}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = entry.load()
+        except Exception as error:  # noqa: BLE001 - any import failure of a plug-in
+            raise ConfigError(f"entry point {ENTRY_POINT_GROUP}:{entry.name} ({entry.value}) does not load: "
+                              f"{type(error).__name__}: {error}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Method) and isinstance(getattr(cls, "name", None), str)):
+            raise ConfigError(f"entry point {ENTRY_POINT_GROUP}:{entry.name} ({entry.value}) is not a dfcil "
+                              "Method subclass with a name")
+        if cls.name in methods and methods[cls.name] is not cls:
+            raise ConfigError(f"entry point {ENTRY_POINT_GROUP}:{entry.name}: the method name {cls.name!r} "
+                              "is taken")
+        methods[cls.name] = cls
+    return methods
+
+
+METHODS: Mapping[str, type[Method]] = MappingProxyType(_registry())
 
 
 def method_class(name: str) -> type[Method]:
