@@ -224,7 +224,9 @@ def write_status(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path:
             f"| {' / '.join(map(str, summary['accuracy_per_task'])) or '-'} | {summary['position'] or '-'} "
             f"| {summary['logged_hours']:.1f} | {projected} | {PUBLISHED[name]} |")
     lines += ["", "Hours logged: epoch and generator time in the run's log (evaluation and checkpoints left",
-              "out); the projection (whole run, same machine) needs an epoch of task 2 logged.", ""]
+              "out), as wall time: at nice 19 the time the campaign waited behind other work counts, so",
+              "a session that ran heavy foreground jobs logs long epochs; the median above is the better",
+              "rate. The projection (whole run, same machine) needs an epoch of task 2 logged.", ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_text(RESULTS / "README.md", "\n".join(lines))
     return RESULTS / "README.md"

@@ -99,7 +99,7 @@ def test_checkpoints_keep_multistep_milestones_and_repair_old_ones(tmp_path):
     ckpt.save(tmp_path, state)
     saved = torch.load(tmp_path / ckpt.LAST, weights_only=False)
     assert saved["scheduler"]["milestones"] == Counter({10: 1, 15: 1})
-    assert saved["position"] == {"task": 0, "phase": 0, "epoch": 7, "task_done": False}
+    assert saved["position"] == {"task": 0, "phase": 0, "epoch": 7, "task_done": False, "preparing": None}
     # checkpoints written before the fix hold Counter({(10, 1): 1, (15, 1): 1})
     mangled = {**saved["scheduler"], "milestones": Counter({(10, 1): 1, (15, 1): 1})}
     assert ckpt._repair_milestones(mangled)["milestones"] == Counter({10: 1, 15: 1})
