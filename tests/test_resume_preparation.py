@@ -54,17 +54,31 @@ def _without_times(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in timed} for r in records]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_a_kill_inside_generator_training_resumes_exactly(method, tmp_path):
-    config = _config(method)
+def _kill_and_resume(config, killed: type[Trainer], tmp_path) -> tuple[ckpt.Checkpoint, Trainer]:
+    """Run ``config`` uninterrupted and as ``killed`` (which raises Killed), resume the latter
+    from its checkpoint in a fresh Trainer, and check that both end identically: the whole
+    metrics.json (diagnostics too), every weight and the log (timings aside)."""
     reference = Trainer(config, tmp_path / "reference", coloured_dataset())
     expected = reference.run()
-
     run_dir = tmp_path / "killed"
     with pytest.raises(Killed):
-        KilledInsideTheGenerator(config, run_dir, coloured_dataset()).run()
+        killed(config, run_dir, coloured_dataset()).run()
     checkpoint = ckpt.load(run_dir, config)
     assert checkpoint is not None
+    resumed = Trainer(config, run_dir, coloured_dataset())
+    metrics = resumed.run(resume=checkpoint)
+    assert _without_wall_time(metrics) == _without_wall_time(expected)
+    final, reference_weights = resumed.model.state_dict(), reference.model.state_dict()
+    assert all(torch.equal(final[k], reference_weights[k]) for k in final), f"{config.method_name}: weights differ"
+    # every record after the kill is redone once; the generator's loss terms too, except the
+    # first window after the resume (log_every 1: one step, so the same values)
+    assert _without_times(resumed.log.records) == _without_times(reference.log.records)
+    return checkpoint, resumed
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_kill_inside_generator_training_resumes_exactly(method, tmp_path):
+    checkpoint, resumed = _kill_and_resume(_config(method), KilledInsideTheGenerator, tmp_path)
     assert checkpoint.position == ckpt.Position(task=1, phase=0, epoch=0, task_done=False, preparing=KILL_AT)
     if method == "skd":  # the delegator's training: student, both optimisers and the lr schedules
         training = checkpoint.method["delegator"]["training"]
@@ -73,18 +87,8 @@ def test_a_kill_inside_generator_training_resumes_exactly(method, tmp_path):
     else:
         assert checkpoint.method["synthesizer"]["steps_done"] == KILL_AT
         assert checkpoint.method["synthesizer"]["optimizer"]["state"]  # Adam's moments of the steps done
-
-    resumed = Trainer(config, run_dir, coloured_dataset())
-    metrics = resumed.run(resume=checkpoint)
-    assert _without_wall_time(metrics) == _without_wall_time(expected)  # diagnostics too
-    final, reference_weights = resumed.model.state_dict(), reference.model.state_dict()
-    assert all(torch.equal(final[k], reference_weights[k]) for k in final), f"{method}: weights differ"
-    records = [r for r in resumed.log.records]
-    steps = [r.get("step", r.get("iteration")) for r in records if r["event"] in ("synthesis", "delegator")]
+    steps = [r.get("step", r.get("iteration")) for r in resumed.log.records if r["event"] in ("synthesis", "delegator")]
     assert steps == list(range(1, 7))
-    # every record of the steps after the kill is redone once; the generator's loss terms too,
-    # except the first window after the resume (log_every 1: one step, so the same values)
-    assert _without_times(records) == _without_times(reference.log.records)
 
 
 EVERY_METHOD = {"finetune": {}, "lwf": {}, "joint": {}, **METHODS, "rdfcil": {**GENERATOR, "refine_epochs": 2}}
@@ -103,20 +107,9 @@ class KilledInTheLastPhase(Trainer):
 @pytest.mark.parametrize("method", sorted(EVERY_METHOD))
 def test_a_kill_inside_the_last_phase_of_task_2_resumes_exactly(method, tmp_path):
     config = _config(method, epochs=2, options=EVERY_METHOD[method])
-    reference = Trainer(config, tmp_path / "reference", coloured_dataset())
-    expected = reference.run()
-    run_dir = tmp_path / "killed"
-    with pytest.raises(Killed):
-        KilledInTheLastPhase(config, run_dir, coloured_dataset()).run()
-    checkpoint = ckpt.load(run_dir, config)
-    assert checkpoint is not None and checkpoint.position.task == 1 and checkpoint.position.epoch == 1
+    checkpoint, resumed = _kill_and_resume(config, KilledInTheLastPhase, tmp_path)
+    assert checkpoint.position.task == 1 and checkpoint.position.epoch == 1
     assert checkpoint.optimizer is not None and checkpoint.scheduler is not None
-    resumed = Trainer(config, run_dir, coloured_dataset())
-    metrics = resumed.run(resume=checkpoint)
-    assert _without_wall_time(metrics) == _without_wall_time(expected)  # diagnostics too
-    final, reference_weights = resumed.model.state_dict(), reference.model.state_dict()
-    assert all(torch.equal(final[k], reference_weights[k]) for k in final), f"{method}: weights differ"
-    assert _without_times(resumed.log.records) == _without_times(reference.log.records)
     if method == "rdfcil":  # killed inside the refinement, as the position said
         refine = [r["epoch"] for r in resumed.log.records if r["event"] == "epoch" and r["phase"] == "refine"]
         assert checkpoint.position.phase == 1 and refine == [1, 2]

@@ -50,22 +50,12 @@ def hold_run_lock(run_dir: Path) -> Iterator[None]:
         return
     run_dir = Path(run_dir)
     created = not run_dir.exists()
-    lock_file = run_dir / LOCK_FILE
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunDirError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
-    fd, locked = _acquire(lock_file, f"cannot write to run directory {run_dir}",
-                          f"{run_dir} is being trained by {{owner}}: wait for it to end or stop it first")
-    try:
-        if locked:
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        yield
+        with _holding(run_dir / LOCK_FILE, f"cannot write to run directory {run_dir}",
+                      f"{run_dir} is being trained by {{owner}}: wait for it to end or stop it first"):
+            yield
     finally:
-        if locked:
-            lock_file.unlink(missing_ok=True)  # while still held: no one can lock the old file after this
-        os.close(fd)  # releases the lock
-        if created and not any(run_dir.iterdir()):
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
 
 
@@ -79,21 +69,28 @@ def hold_output_lock(path: Path) -> Iterator[None]:
         yield
         return
     path = Path(path)
-    lock_file = path.parent / f".{path.name}.lock"
+    with _holding(path.parent / f".{path.name}.lock", f"cannot write to {path.parent}",
+                  f"{path} is being written by {{owner}}: wait for it to end or choose another output"):
+        yield
+
+
+@contextmanager
+def _holding(lock_file: Path, cannot_write: str, busy: str) -> Iterator[None]:
+    """Create ``lock_file``'s folder, hold the lock (owner written into it) for the block, then
+    remove the file and release it. ``cannot_write`` and ``busy`` as for :func:`_acquire`."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RunDirError(f"cannot write to {path.parent}: {error.strerror or error}") from None
-    fd, locked = _acquire(lock_file, f"cannot write to {path.parent}",
-                          f"{path} is being written by {{owner}}: wait for it to end or choose another output")
+        raise RunDirError(f"{cannot_write}: {error.strerror or error}") from None
+    fd, locked = _acquire(lock_file, cannot_write, busy)
     try:
         if locked:
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         yield
     finally:
         if locked:
-            lock_file.unlink(missing_ok=True)
-        os.close(fd)
+            lock_file.unlink(missing_ok=True)  # while still held: no one can lock the old file after this
+        os.close(fd)  # releases the lock
 
 
 def _acquire(lock_file: Path, cannot_write: str, busy: str) -> tuple[int, bool]:
