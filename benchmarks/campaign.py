@@ -10,6 +10,10 @@ loses at most ``runtime.checkpoint_every_s`` (30 s) of training, inside a genera
 R-DFCIL's completed first task in the repository (``first-task-s0/``, the checkpoint at the end of
 task 1: 1.9 MB), from which a later ``run`` on a fresh machine starts both runs at task 2.
 
+While the first task trains, ``status`` also carries the first run's task-1 state in the
+repository (``first-task-in-progress/``: ``last.pt``, 3.8 MB, and the run's log), and ``run`` on a
+fresh machine resumes it, so a first task longer than one session still completes.
+
 Only the first task is kept: the machine this was written on loses everything outside the git
 checkout between sessions of at most 3 hours, and the resumable state of a later task is too
 large for git to carry from session to session: the generator's 8.4 M parameters (33.7 MB) plus,
@@ -54,6 +58,11 @@ RESULTS = ROOT / "benchmarks" / "results" / "cifar100-b0-n5"
 DEFAULT_ROOT = Path(os.environ.get("DFCIL_CAMPAIGN", "/work/campaign"))
 #: the first task kept in the repository (see keep_first_task)
 KEPT_FIRST_TASK = RESULTS / "first-task-s0"
+#: the first run's state while its first task trains (see carry_first_task): git carries it
+#: from session to session until the first task completes and is kept
+CARRIED_FIRST_TASK = RESULTS / "first-task-in-progress"
+#: what a carried run directory holds besides checkpoints/last.pt
+CARRIED_FILES = ("config.yaml", "run.json", "log.jsonl")
 #: (run name, overrides, run whose first task it starts from): the papers' budgets are the
 #: configs' and methods' defaults (160 epochs, 5,000 generator steps, 40 refinement epochs)
 RUNS: list[tuple[str, list[str], str | None]] = [
@@ -97,19 +106,65 @@ def keep_first_task(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path | None:
     return kept
 
 
+def carry_first_task(root: Path, carried: Path = CARRIED_FIRST_TASK, kept: Path = KEPT_FIRST_TASK) -> Path | None:
+    """Copy the first run's directory into ``carried`` while its first task is still training.
+
+    A first task at the papers' budget (160 epochs, about 2 hours on one core here) does not fit
+    a session that shares the CPU; the machine keeps nothing outside the git checkout between
+    sessions, so without this every session trains it again from epoch 1. ``carried`` gets
+    ``checkpoints/last.pt`` (network, SGD momentum, schedule, random-number streams: 3.8 MB) and
+    the run's ``config.yaml``, ``run.json`` and ``log.jsonl``; :func:`run_campaign` resumes from
+    it on a fresh machine. The checkpoint is copied before the log, so the copy's log can only
+    run ahead of its checkpoint (a resume drops and redoes those records), never behind. The copy
+    is built beside ``carried`` and renamed into place. Once the first task is complete (kept by
+    :func:`keep_first_task`, or in the run folder) ``carried`` is removed and None returned; None
+    too while the run has no checkpoint yet."""
+    source = root / RUNS[0][0]
+    if has_first_task(kept) or has_first_task(source):
+        if carried.exists():
+            shutil.rmtree(carried)
+        return None
+    last = source / "checkpoints" / "last.pt"
+    if not last.exists():
+        return carried if (carried / "checkpoints" / "last.pt").exists() else None
+    building = carried.with_name(carried.name + ".partial")
+    if building.exists():
+        shutil.rmtree(building)
+    (building / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(last, building / "checkpoints" / "last.pt")
+    for name in CARRIED_FILES:
+        if (source / name).exists():
+            shutil.copyfile(source / name, building / name)
+    if carried.exists():
+        shutil.rmtree(carried)
+    building.replace(carried)
+    return carried
+
+
+def _restore_carried(run_dir: Path, carried: Path, kept: Path) -> bool:
+    """Put the carried first run back in ``run_dir`` (a fresh machine); True when it did."""
+    if run_dir.exists() or has_first_task(kept) or not (carried / "checkpoints" / "last.pt").exists():
+        return False
+    shutil.copytree(carried, run_dir)
+    return True
+
+
 def _first_task_donor(root: Path, first_task_from: str | None, kept: Path) -> Path | None:
     if first_task_from is not None and has_first_task(root / first_task_from):
         return root / first_task_from
     return kept if has_first_task(kept) else None
 
 
-def run_campaign(root: Path, kept: Path = KEPT_FIRST_TASK) -> int:
+def run_campaign(root: Path, kept: Path = KEPT_FIRST_TASK, carried: Path = CARRIED_FIRST_TASK) -> int:
     """Train or resume every run in order (each its own `dfcil run` process, niced, one thread).
 
     A new run starts at task 2 from the first task of the run named in RUNS, or else from the
-    first task kept in the repository (:func:`keep_first_task`), when there is one."""
+    first task kept in the repository (:func:`keep_first_task`), when there is one. On a fresh
+    machine the first run resumes from its carried first task (:func:`carry_first_task`)."""
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    if _restore_carried(root / RUNS[0][0], carried, kept):
+        print(f"campaign: {RUNS[0][0]} continues from the first task carried in {carried}", flush=True)
     for name, overrides, first_task_from in RUNS:
         run_dir = root / name
         state = _state(run_dir)
@@ -157,10 +212,18 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _kept_lines(kept: Path) -> list[str]:
+def _kept_lines(kept: Path, carried: Path = CARRIED_FIRST_TASK) -> list[str]:
     if not has_first_task(kept):
-        return ["No first task is kept in the repository yet (`first-task-s0/` appears when R-DFCIL's",
-                "first task completes and `status` runs).", ""]
+        lines = ["No first task is kept in the repository yet (`first-task-s0/` appears when R-DFCIL's",
+                 "first task completes and `status` runs)."]
+        if (carried / "checkpoints" / "last.pt").exists():
+            epochs = [json.loads(line) for line in (carried / "log.jsonl").read_text().splitlines()
+                      if line.strip() and json.loads(line).get("event") == "epoch"]
+            where = f"epoch {epochs[-1]['epoch']}/{epochs[-1]['epochs']}" if epochs else "its start"
+            size = (carried / "checkpoints" / "last.pt").stat().st_size / 1e6
+            lines += [f"Its state at {where} is carried in `{carried.relative_to(ROOT)}/` ({size:.1f} MB,",
+                      "rewritten by `status`): `run` on a fresh machine resumes the first task from there."]
+        return lines + [""]
     evals = [json.loads(line) for line in (kept / "log.jsonl").read_text().splitlines()
              if line.strip() and json.loads(line).get("event") == "eval"]
     accuracy = f"{evals[-1]['accuracy']:.2f} %" if evals else "not logged"
@@ -242,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "run":
         return run_campaign(args.root)
     kept = keep_first_task(args.root)
+    carried = carry_first_task(args.root)
     print(write_status(args.root))
     if kept is not None:
         print(f"first task kept in {kept}")
+    if carried is not None:
+        print(f"first task in progress carried in {carried}")
     return 0
 
 

@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 
+import pytest
+import yaml
+
 from conftest import coloured_dataset
-from dfcil.config import parse_config
+from dfcil.atomic import write_text
+from dfcil.config import config_to_dict, parse_config
+from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.trainer import Trainer
 from dfcil.first_task import CHECKPOINT, adopt_first_task, has_first_task
 
@@ -72,3 +77,55 @@ def test_runs_on_a_fresh_machine_start_from_the_kept_first_task(tmp_path, monkey
     assert campaign.run_campaign(tmp_path / "fresher", kept) == 0
     assert [c[c.index("--first-task-from") + 1] for c in commands] == [str(kept)] * len(campaign.RUNS)
     assert all(c[:3] == ["nice", "-n", "19"] for c in commands)
+
+
+class Killed(Exception):
+    pass
+
+
+class KilledInTheFirstTask(Trainer):
+    """Killed right after the checkpoint of the first epoch of task 1 (of 2 epochs)."""
+
+    def _save(self, position, optimizer=None, scheduler=None) -> None:
+        super()._save(position, optimizer, scheduler)
+        if position == ckpt.Position(task=0, phase=0, epoch=1, task_done=False):
+            raise Killed
+
+
+def test_a_first_task_carried_to_a_fresh_machine_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    campaign = load_script()
+    tree = config_to_dict(_config("rdfcil"))
+    # a checkpoint at every epoch (the campaign's: every 30 s)
+    config = parse_config({**tree, "train": {**tree["train"], "epochs": 2},
+                           "runtime": {**tree["runtime"], "checkpoint_every_s": 0}})
+    kept, carried = tmp_path / "repo" / "first-task-s0", tmp_path / "repo" / "first-task-in-progress"
+    name = campaign.RUNS[0][0]
+    expected = Trainer(config, tmp_path / "reference", coloured_dataset()).run()
+
+    old_root = tmp_path / "session-1"
+    assert campaign.carry_first_task(old_root, carried, kept) is None  # no run yet: nothing to carry
+    with pytest.raises(Killed):
+        KilledInTheFirstTask(config, old_root / name, coloured_dataset()).run()
+    write_text(old_root / name / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    assert campaign.carry_first_task(old_root, carried, kept) == carried
+    assert (carried / "checkpoints" / "last.pt").read_bytes() == (old_root / name / "checkpoints" / "last.pt").read_bytes()
+
+    # the next session: a fresh machine with nothing but the repository; `run` resumes the copy
+    new_root = tmp_path / "session-2"
+    commands: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **_: commands.append(command) or
+                        subprocess.CompletedProcess(command, 0))
+    assert campaign.run_campaign(new_root, kept, carried) == 0
+    assert commands[0][commands[0].index("--resume") + 1] == str(new_root / name)
+    checkpoint = ckpt.load(new_root / name, config)
+    assert checkpoint is not None and checkpoint.position.task == 0 and checkpoint.position.epoch == 1
+    metrics = Trainer(config, new_root / name, coloured_dataset()).run(resume=checkpoint)
+    assert {k: v for k, v in metrics.items() if k != "wall_time_s"} == \
+        {k: v for k, v in expected.items() if k != "wall_time_s"}
+
+    # once the first task is complete, the carried copy goes and the first task is kept instead
+    assert campaign.keep_first_task(new_root, kept) == kept
+    assert campaign.carry_first_task(new_root, carried, kept) is None and not carried.exists()
+    commands.clear()
+    assert campaign.run_campaign(tmp_path / "session-3", kept, carried) == 0
+    assert all("--resume" not in c and c[c.index("--first-task-from") + 1] == str(kept) for c in commands)
