@@ -19,7 +19,7 @@ last) come from the committed mini suite, ``benchmarks/results/suites/mini``.
 
 Usage::
 
-    python benchmarks/budget_curves.py RUNS [--out benchmarks/results/mini/budget]
+    python benchmarks/budget_curves.py RUNS [ORACLE_RUNS ...] [--out benchmarks/results/mini/budget]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dfcil.atomic import write_text
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "mini" / "budget"
 OLD_NETWORK_SUITE = ROOT / "benchmarks" / "results" / "suites" / "mini"
-KEPT_FILES = ("metrics.json", "config.yaml", "run.json", "log.jsonl", "suite.json")
+KEPT_FILES = ("metrics.json", "config.yaml", "run.json", "log.jsonl", "suite.json", "oracle.json")
 
 #: Tables: (title, what it varies, [(row label, budget label or old-network method)])
 FACTORS: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -54,6 +54,12 @@ FACTORS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Generator budget", "generator steps per task: today's 300 against the papers' 5,000",
      [("abd, 300 steps", "abd-gen-300"), ("abd, 5,000 steps", "abd-gen-5000"),
       ("rdfcil, 300 steps", "rdfcil-gen-300"), ("rdfcil, 5,000 steps", "rdfcil-gen-5000")]),
+    ("Replay oracle", "the best synthetic images there can be: each method's synthetic batches replaced by real "
+     "training images of the old classes (`benchmarks/replay_oracle.py`: no generator, unaugmented, labelled "
+     "by the old model's argmax as synthetic images are; not data-free, a diagnostic). The confidence column "
+     "is the old model's mean confidence on those real images",
+     [("abd, generator (300 steps)", "abd-gen-300"), ("abd, real old images", "oracle-abd"),
+      ("rdfcil, generator (300 steps)", "rdfcil-gen-300"), ("rdfcil, real old images", "oracle-rdfcil")]),
 ]
 
 
@@ -72,7 +78,7 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     after = {r["task"]: r["accuracy"] for r in log if r["event"] == "eval"}
     confidence: dict[int, float] = {}
     for record in log:
-        if record["event"] == "synthesis" and "confidence" in record:
+        if record["event"] in ("synthesis", "replay_oracle") and "confidence" in record:
             confidence[record["task"]] = record["confidence"]  # the last logged step wins
     tasks = len(metrics["accuracy_per_step"])
     return {
@@ -91,7 +97,12 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _provenance(run_dir: Path) -> str:
-    """Commit, machine, threads, precision and shared first task of a run (its ``run.json``)."""
+    """Commit, machine, threads, precision and shared first task of a run (its ``run.json``, or the
+    ``oracle.json`` of a replay-oracle run)."""
+    oracle = run_dir / "oracle.json"
+    if oracle.exists():
+        record = json.loads(oracle.read_text())
+        return f"commit {str(record.get('commit'))[:7]}, {record.get('machine', '?')}, `{record.get('command', '?')}`"
     run_file = run_dir / "run.json"
     if not run_file.exists():
         return "-"
@@ -129,11 +140,12 @@ def _per_task(runs: list[dict[str, Any]], key: str, digits: int) -> str:
     return " / ".join(cells)
 
 
-def collect(runs_root: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Copy the complete runs of ``runs_root`` into ``out`` and read them, by budget label."""
+def collect(runs_roots: list[Path], out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Copy the complete runs under ``runs_roots`` into ``out`` and read them (with those already
+    in ``out``), by budget label."""
     by_budget: dict[str, list[dict[str, Any]]] = {}
-    sources = [p for p in sorted(runs_root.iterdir()) if (p / "suite.json").exists()] if runs_root.is_dir() else []
-    sources += [p for p in sorted(out.iterdir()) if (p / "suite.json").exists()] if out.is_dir() else []
+    sources = [p for root in (*runs_roots, out) if root.is_dir() for p in sorted(root.iterdir())
+               if (p / "suite.json").exists() or (p / "oracle.json").exists()]
     seen: set[str] = set()
     for run_dir in sources:
         if run_dir.name in seen:
@@ -152,7 +164,10 @@ def collect(runs_root: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
                     shutil.copy2(run_dir / name, staging / name)
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
-        label = json.loads((run_dir / "suite.json").read_text())["labels"]["budget"]
+        if (run_dir / "oracle.json").exists():  # seed-<s>__oracle-<method> (benchmarks/replay_oracle.py)
+            label = run_dir.name.split("__", 1)[1]
+        else:
+            label = json.loads((run_dir / "suite.json").read_text())["labels"]["budget"]
         by_budget.setdefault(label, []).append(figures)
     for method in ("abd", "rdfcil"):
         old_runs = [read_run(p) for p in sorted(OLD_NETWORK_SUITE.glob(f"method-{method}__seed-*"))]
@@ -187,12 +202,14 @@ def tables(by_budget: dict[str, list[dict[str, Any]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, help="output folder of `dfcil suite suites/mini_budget.yaml`")
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="output folders of `dfcil suite suites/mini_budget.yaml` and of benchmarks/replay_oracle.py")
     parser.add_argument("--out", type=Path, default=OUT, help="results folder (default: %(default)s)")
     args = parser.parse_args(argv)
-    if not args.runs.is_dir():
-        print(f"budget_curves: error: {args.runs} is not a directory", file=sys.stderr)
-        return 2
+    for folder in args.runs:
+        if not folder.is_dir():
+            print(f"budget_curves: error: {folder} is not a directory", file=sys.stderr)
+            return 2
     args.out.mkdir(parents=True, exist_ok=True)
     by_budget = collect(args.runs, args.out)
     header = (ROOT / "benchmarks" / "results" / "mini" / "budget" / "HEADER.md")
@@ -201,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                   key=lambda run: run["name"])
     sources = ["## Runs", "",
                "Each complete run of `DFCIL_DATA=../shared/data dfcil suite suites/mini_budget.yaml -o RUNS "
-               "--jobs 1 --only '*seed-0*gen-300*'` is copied here without checkpoints (its config, log, "
-               "metrics and run.json), and this file is written by `python benchmarks/budget_curves.py RUNS`. "
+               "--jobs 1 --only PATTERN` (seed 0: `'*seed-0*gen-300*'`; seeds 1 and 2: "
+               "`'seed-[12]__budget-*-gen-300'`) and of `DFCIL_DATA=../shared/data python "
+               "benchmarks/replay_oracle.py abd rdfcil -o ORACLE_RUNS --set runtime.num_threads=1` is copied here "
+               "without checkpoints (its config, log, metrics and run.json or oracle.json), and this file is "
+               "written by `python benchmarks/budget_curves.py RUNS ORACLE_RUNS`. "
                "Data: the real CIFAR-100 (`cifar100-jpg.tar.gz`), cifar100-mini protocol (`configs/mini.yaml`). "
                "Minutes are wall time on a shared machine (other jobs ran beside every run): not cost figures.", "",
                "| run | provenance |", "|---|---|", *(f"| {run['name']} | {run['provenance']} |" for run in runs), ""]
