@@ -129,3 +129,16 @@ def test_a_first_task_carried_to_a_fresh_machine_ends_as_an_uninterrupted_one(tm
     commands.clear()
     assert campaign.run_campaign(tmp_path / "session-3", kept, carried) == 0
     assert all("--resume" not in c and c[c.index("--first-task-from") + 1] == str(kept) for c in commands)
+
+
+def test_the_campaign_runs_in_a_session_of_its_own_at_the_lowest_priority():
+    """With autogroups on, nice only ranks a process within its session: each run gets a session of
+    its own whose group is at nice 19 (below every other session's work)."""
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("this kernel does not group processes by session (no /proc/self/autogroup)")
+    campaign = load_script()
+    child = subprocess.run(["cat", "/proc/self/autogroup"], start_new_session=True,
+                           preexec_fn=campaign.lowest_autogroup_priority, capture_output=True, text=True, check=True)
+    mine = Path("/proc/self/autogroup").read_text().split()[0]
+    group, nice = child.stdout.split()[0], child.stdout.split()[-1]
+    assert group != mine and nice == "19", child.stdout
