@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-from conftest import coloured_dataset
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
 from dfcil.first_task import CHECKPOINT, adopt_first_task, has_first_task
+
+from conftest import coloured_dataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "campaign.py"
 

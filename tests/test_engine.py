@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import coloured_dataset
-
 from dfcil.config import parse_config
 from dfcil.data import DatasetArrays
 from dfcil.engine.trainer import Trainer
@@ -17,6 +15,8 @@ from dfcil.hooks import BatchNormInputs
 from dfcil.losses import cross_entropy_seen
 from dfcil.methods import Batch, Loss, Method, Phase, StepResult
 from dfcil.models import IncrementalClassifier, build_backbone
+
+from conftest import coloured_dataset
 
 
 def tiny_dataset(classes: int = 4, per_class: int = 16) -> DatasetArrays:

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import coloured_dataset
 from dfcil.cli import main
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
 from dfcil.errors import RunDirError
 from dfcil.first_task import adopt_first_task, first_difference, first_task_identity, has_first_task
+
+from conftest import coloured_dataset
 
 TINY_GENERATOR = {"synthesis": {"steps": 2, "batch_size": 8, "log_every": 1}}
 METHODS = {

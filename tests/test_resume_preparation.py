@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import coloured_dataset
 from dfcil.config import parse_config
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.trainer import Trainer
+
+from conftest import coloured_dataset
 
 GENERATOR = {"synthesis": {"steps": 6, "batch_size": 8, "log_every": 1}}
 METHODS = {

@@ -29,8 +29,8 @@ from dfcil.config import (
     parse_config,
     without_runtime,
 )
-from dfcil.distributed import SINGLE, Distributed
 from dfcil.data import data_root, default_cache_dir, load_dataset
+from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import ConfigError, RunDirError
 from dfcil.methods import METHODS

@@ -40,12 +40,12 @@ class Geometry:
             raise DataError(f"bad image geometry: size {self.size}, resize {self.resize}")
 
     @classmethod
-    def square(cls, size: int) -> "Geometry":
+    def square(cls, size: int) -> Geometry:
         """Shorter side to ``size``, centre crop ``size``."""
         return cls(size, size)
 
     @classmethod
-    def imagenet(cls, size: int) -> "Geometry":
+    def imagenet(cls, size: int) -> Geometry:
         """Shorter side to ``size * 256 / 224`` (256 for 224), centre crop ``size``."""
         return cls(size, max(size, int(round(size * 256 / 224))))
 

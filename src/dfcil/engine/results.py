@@ -63,7 +63,7 @@ class RunResults:
         return [vars(e).copy() for e in self.evaluations]
 
     @classmethod
-    def from_state(cls, state: list[dict[str, Any]]) -> "RunResults":
+    def from_state(cls, state: list[dict[str, Any]]) -> RunResults:
         """Inverse of :meth:`state_dict`."""
         return cls([TaskEvaluation(**e) for e in state])
 

@@ -34,10 +34,10 @@ from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.evaluate import predict, predict_logits
 from dfcil.engine.results import RunResults, TaskEvaluation, evaluate_task
-from dfcil.first_task import first_task_identity, save_first_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
 from dfcil.errors import ConfigError, DataError, DfcilError
+from dfcil.first_task import first_task_identity, save_first_task
 from dfcil.methods import Batch, Method, Phase, RunEnv, method_class, parse_method_options
 from dfcil.models import IncrementalClassifier, build_classifier
 from dfcil.precision import resolve_precision
@@ -294,7 +294,7 @@ class Trainer:
 
             def losses() -> tuple[torch.Tensor, Any]:
                 with self.env.autocast():
-                    result = self.method.training_step(self.model, Batch(images, labels), task, phase)
+                    result = self.method.training_step(self.model, Batch(images, labels), task, phase)  # noqa: B023 - called in this iteration
                 total = sum(term.weight * term.value.float() for term in result.losses.values())
                 assert isinstance(total, torch.Tensor)
                 return total, result

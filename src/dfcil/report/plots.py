@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps, font_manager
-from matplotlib.text import Text
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image, UnidentifiedImageError
 
 from dfcil.atomic import atomic_write

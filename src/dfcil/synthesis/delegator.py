@@ -22,8 +22,9 @@ previous task's delegator (SKD's continual delegator, ``continual: true``); S is
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,8 @@ positional argument) that every published number uses; ``bn_eps`` exposes it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -8,9 +8,10 @@ part of the method state, so a run resumed inside a task does not train it again
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,9 +23,8 @@ from dfcil.hooks import BatchNormInput, BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
 from dfcil.synthesis.generator import Generator, build_generator, generate_images
-from dfcil.synthesis.monitor import OutputSaturation, WindowMeans, confidence_and_coverage
 from dfcil.synthesis.losses import bn_statistics_kl, content_loss, image_prior_loss, label_diversity_loss
-
+from dfcil.synthesis.monitor import OutputSaturation, WindowMeans, confidence_and_coverage
 
 # (generated images, old-model logits over old classes, old-model features, BN-input statistics)
 # -> named (unweighted value, weight) terms; the generator minimises the weighted sum.
@@ -78,7 +78,7 @@ class SynthesisOptions:
     log_every: int = 100
     keep_generator: bool = False  # save each task's generator under generators/ (breaks data-free rule)
 
-    def objective(self) -> "InversionObjective":
+    def objective(self) -> InversionObjective:
         """The four losses of ABD / R-DFCIL with this section's weights."""
         opts = self
 
