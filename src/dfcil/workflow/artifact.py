@@ -46,7 +46,7 @@ class Architecture:
 
     def _current_revision(self) -> int:
         """The revision of the network this dfcil builds for these settings."""
-        return ModelConfig(**self.to_config()).network_revision  # type: ignore[arg-type]
+        return ModelConfig(**self.to_config()).network_revision
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> Architecture:
