@@ -527,6 +527,7 @@ class Trainer:
                 first_epoch = 1
                 if mid_task and phase_index == position.phase:
                     if opt_state is not None:
+                        assert sched_state is not None  # saved together with the optimiser's (see _save)
                         optimizer.load_state_dict(opt_state)
                         scheduler.load_state_dict(sched_state)
                     first_epoch = position.epoch + 1

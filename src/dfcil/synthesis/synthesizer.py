@@ -151,6 +151,7 @@ class Synthesizer:
             self.generator = self._new_generator()
             self.optimizer_state = None
         generator = self.generator
+        assert generator is not None  # a new one, or the one kept (warm start) or restored (resume)
         optimizer = torch.optim.Adam(generator.parameters(), lr=opts.lr)
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
