@@ -96,10 +96,9 @@ def decode_image(source: Path | bytes, geometry: Geometry, name: str | None = No
         label = "<in-memory image>" if isinstance(source, bytes) else str(source)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(handle) as image:
-            image.load()
-            image = _upright_rgb(image)
-            image = _fit(image, geometry)
+        with Image.open(handle) as opened:
+            opened.load()
+            image = _fit(_upright_rgb(opened), geometry)
             array = np.asarray(image, dtype=np.uint8)
     except Exception as exc:  # PIL raises many types for corrupt data
         raise DataError(f"cannot decode image {label}: {_one_line(str(exc) or type(exc).__name__)}") from exc

@@ -285,8 +285,8 @@ def save_sample_grid(draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], num_
     size = image_size
     grid = np.full((max(len(rows), 1) * (size + 2), per_class * (size + 2), 3), 255, dtype=np.uint8)
     for r, label in enumerate(sorted(rows)):
-        pixels = denormalize(torch.stack(rows[label])).clamp(0, 1).mul(255).round().byte()
-        pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        row = denormalize(torch.stack(rows[label])).clamp(0, 1).mul(255).round().byte()
+        pixels = row.permute(0, 2, 3, 1).cpu().numpy()
         for c, image in enumerate(pixels):
             grid[r * (size + 2) + 1 : r * (size + 2) + 1 + size, c * (size + 2) + 1 : c * (size + 2) + 1 + size] = image
     atomic_write(path, lambda handle: Image.fromarray(grid).save(handle, format="PNG"))
