@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,12 +186,12 @@ class Trainer:
                     f"class {self.dataset.class_names[original]!r} (index {original}) has no {name} images"
                 )
 
-    def make_model(self, head_sizes: list[int] | tuple[int, ...]) -> IncrementalClassifier:
+    def make_model(self, head_sizes: Sequence[int]) -> IncrementalClassifier:
         """A freshly initialised model with heads of ``head_sizes``, on the run's device."""
         model = build_classifier(self.config.model, head_sizes)
         model.to(self.device)
         if self.config.train.channels_last:
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's overloads omit memory_format
         if self.config.train.compile:
             # In place: state_dict keys and growing heads are unaffected. Static shapes: a batch
             # size seen for the first time (the last batch of an epoch) compiles its own graph

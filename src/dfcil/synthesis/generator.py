@@ -48,7 +48,7 @@ class Generator(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.image_size = init_size * 2 ** len(block_channels)
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's overloads omit memory_format
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images for latent codes ``z``."""

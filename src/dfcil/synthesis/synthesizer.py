@@ -33,16 +33,25 @@ InversionObjective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[Ba
 
 
 class GeneratorTrainingOptions(Protocol):
-    """What :class:`Synthesizer` reads from a method's generator section (duck-typed)."""
+    """What :class:`Synthesizer` reads from a method's generator section (duck-typed; read-only
+    members, so that the frozen dataclasses of the sections match)."""
 
-    steps: int
-    batch_size: int | None
-    lr: float
-    z_dim: int
-    bn_eps: float
-    warm_start: bool
-    log_every: int
-    keep_generator: bool
+    @property
+    def steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int | None: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def z_dim(self) -> int: ...
+    @property
+    def bn_eps(self) -> float: ...
+    @property
+    def warm_start(self) -> bool: ...
+    @property
+    def log_every(self) -> int: ...
+    @property
+    def keep_generator(self) -> bool: ...
 
     def objective(self) -> InversionObjective:
         """The generator's loss terms."""
