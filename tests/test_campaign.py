@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
 from dfcil.first_task import CHECKPOINT, adopt_first_task, has_first_task
@@ -38,6 +40,7 @@ def _config(method: str):
     })
 
 
+@pytest.mark.slow
 def test_the_kept_first_task_starts_a_run_as_the_original_does(tmp_path):
     campaign = load_script()
     root, kept = tmp_path / "campaign", tmp_path / "repo" / "first-task-s0"

@@ -236,6 +236,7 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
         tiny_config(compile=True, compile_mode="fastest")
 
 
+@pytest.mark.slow
 def test_compiled_backbone_trains_like_eager_and_saves_plain_checkpoints(tmp_path):
     """train.compile: the same run (fp32, same seed) as eager within float tolerance, and
     state_dict keys free of compile wrappers (checkpoints load into an eager model)."""

@@ -51,7 +51,11 @@ def donor(tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize(
+    "method",  # these take over 20 s each: slow; the others stay in the quick lane
+    [pytest.param(m, marks=pytest.mark.slow) if m in ("abd", "deepinversion", "rdfcil", "skd") else m
+     for m in sorted(METHODS)],
+)
 def test_a_run_from_finetunes_first_task_equals_the_run_that_trains_it(method, donor, tmp_path):
     assert has_first_task(donor)
     scratch = Trainer(_config(method), tmp_path / "scratch", coloured_dataset())

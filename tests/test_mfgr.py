@@ -125,6 +125,7 @@ def test_ablation_switches_zero_their_terms(tmp_path):
         method_for(synthesis={"div_pairs": 0})
 
 
+@pytest.mark.slow
 def test_mfgr_end_to_end(cifar, tmp_path, capsys):
     run_dir = tmp_path / "mfgr"
     code = main(["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", "method.name=mfgr",

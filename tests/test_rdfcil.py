@@ -243,6 +243,7 @@ def _rdfcil_run(run_dir: Path, epochs: int, extra: list[str]) -> tuple[dict, lis
     return metrics, log
 
 
+@pytest.mark.slow
 def test_rdfcil_end_to_end(cifar, tmp_path):
     metrics, log = _rdfcil_run(tmp_path / "rdfcil", 3, [])
     assert metrics["complete"] and metrics["accuracy_per_step"][0] > 75.0

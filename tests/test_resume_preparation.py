@@ -77,6 +77,7 @@ def _kill_and_resume(config, killed: type[Trainer], tmp_path) -> tuple[ckpt.Chec
     return checkpoint, resumed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_kill_inside_generator_training_resumes_exactly(method, tmp_path):
     checkpoint, resumed = _kill_and_resume(_config(method), KilledInsideTheGenerator, tmp_path)
@@ -105,7 +106,10 @@ class KilledInTheLastPhase(Trainer):
             raise Killed
 
 
-@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
+@pytest.mark.parametrize(
+    "method",  # the generator methods take 20-40 s each: slow; the others stay in the quick lane
+    [pytest.param(m, marks=pytest.mark.slow) if m in METHODS else m for m in sorted(EVERY_METHOD)],
+)
 def test_a_kill_inside_the_last_phase_of_task_2_resumes_exactly(method, tmp_path):
     config = _config(method, epochs=2, options=EVERY_METHOD[method])
     checkpoint, resumed = _kill_and_resume(config, KilledInTheLastPhase, tmp_path)
