@@ -107,12 +107,12 @@ def measured_peaks(dtype: torch.dtype, device: torch.device) -> dict[str, float]
     for size in ((4096, 8192) if gpu else (1024, 2048)):
         a = torch.randn(size, size, dtype=dtype, device=device)
         b = torch.randn(size, size, dtype=dtype, device=device)
-        seconds = best_seconds(lambda: torch.mm(a, b), device, inner=2 if size >= 2048 else 5)
+        seconds = best_seconds(lambda: torch.mm(a, b), device, inner=2 if size >= 2048 else 5)  # noqa: B023 - called here
         results[f"matmul {size}"] = 2.0 * size**3 / seconds / 1e9
     for channels, side in (((256, 32), (512, 16)) if gpu else ((64, 8), (128, 8), (256, 8))):
         x = torch.randn(128, channels, side, side, dtype=dtype, device=device).to(memory_format=torch.channels_last)
         w = torch.randn(channels, channels, 3, 3, dtype=dtype, device=device).to(memory_format=torch.channels_last)
-        seconds = best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), device)
+        seconds = best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), device)  # noqa: B023 - called here
         results[f"conv3x3 {channels}ch {side}px"] = 2.0 * 128 * side * side * channels * channels * 9 / seconds / 1e9
     return results
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from dfcil.atomic import write_json, write_text
+from dfcil.methods.mfgr import KnowledgeRecordingOptions
 from dfcil.models import IncrementalClassifier, build_backbone, frozen_copy
 from dfcil.run import git_commit, machine_description
-from dfcil.methods.mfgr import KnowledgeRecordingOptions
 from dfcil.synthesis import SynthesisOptions, Synthesizer
 
 ROOT = Path(__file__).resolve().parents[1]

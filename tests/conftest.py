@@ -98,9 +98,9 @@ def cifar(cifar_env, monkeypatch) -> dict[str, str]:
 def joint_smoke_run(cifar_env, tmp_path_factory) -> Path:
     """One ``joint`` run of ``configs/smoke.yaml`` (5 epochs per task), shared by the tests that
     need an upper bound or a trained 4-class model of real images."""
-    from dfcil.cli import main
-
     from filelock import FileLock
+
+    from dfcil.cli import main
 
     run_dir = shared_dir(tmp_path_factory, "joint") / "run"
     with FileLock(str(run_dir) + ".lock"):

@@ -8,16 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 import pytest
 import yaml
 
-from conftest import coloured_dataset
 from dfcil.atomic import write_text
 from dfcil.config import config_to_dict, parse_config
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.trainer import Trainer
 from dfcil.first_task import CHECKPOINT, adopt_first_task, has_first_task
+
+from conftest import coloured_dataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "campaign.py"
 
@@ -43,6 +43,7 @@ def _config(method: str):
     })
 
 
+@pytest.mark.slow
 def test_the_kept_first_task_starts_a_run_as_the_original_does(tmp_path):
     campaign = load_script()
     root, kept = tmp_path / "campaign", tmp_path / "repo" / "first-task-s0"

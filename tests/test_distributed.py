@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 # R-DFCIL exercises every distributed path: generator training with global BN statistics,
@@ -133,6 +135,7 @@ def test_ddp_gradients_and_global_bn_statistics_equal_one_process(tmp_path):
     assert diffs["gradient"] < 1e-5 and diffs["bn_var"] < 1e-5
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_checkpoints_cross_process_counts(cifar_env, tmp_path):
     """One process end to end; then a run started with 2 processes (task 1, the synthesis of task 2)
     resumed with 1, and one started with 1 resumed with 2 (most of task 2): both end within

@@ -74,6 +74,7 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "log.jsonl", "metrics.json", "run.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["finetune", "lwf"])
 def test_smoke_run_learns(method, cifar, tmp_path, capsys):
     run_dir = tmp_path / method
@@ -85,10 +86,12 @@ def test_smoke_run_learns(method, cifar, tmp_path, capsys):
     check_smoke_run(run_dir, method, images_per_class=500)
 
 
+@pytest.mark.slow
 def test_joint_smoke_run_learns(joint_smoke_run):
     check_smoke_run(joint_smoke_run, "joint", images_per_class=250)
 
 
+@pytest.mark.slow
 def test_omega_from_a_joint_run(joint_smoke_run, cifar, tmp_path, capsys):
     common = ["--set", "runtime.progress=false"]
     code, out, err = run_cli(

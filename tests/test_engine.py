@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import coloured_dataset
-
 from dfcil.config import parse_config
 from dfcil.data import DatasetArrays
 from dfcil.engine.trainer import Trainer
@@ -17,6 +15,8 @@ from dfcil.hooks import BatchNormInputs
 from dfcil.losses import cross_entropy_seen
 from dfcil.methods import Batch, Loss, Method, Phase, StepResult
 from dfcil.models import IncrementalClassifier, build_backbone
+
+from conftest import coloured_dataset
 
 
 def tiny_dataset(classes: int = 4, per_class: int = 16) -> DatasetArrays:
@@ -236,6 +236,7 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
         tiny_config(compile=True, compile_mode="fastest")
 
 
+@pytest.mark.slow
 def test_compiled_backbone_trains_like_eager_and_saves_plain_checkpoints(tmp_path):
     """train.compile: the same run (fp32, same seed) as eager within float tolerance, and
     state_dict keys free of compile wrappers (checkpoints load into an eager model)."""

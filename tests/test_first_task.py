@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import coloured_dataset
 from dfcil.cli import main
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
 from dfcil.errors import RunDirError
 from dfcil.first_task import adopt_first_task, first_difference, first_task_identity, has_first_task
+
+from conftest import coloured_dataset
 
 TINY_GENERATOR = {"synthesis": {"steps": 2, "batch_size": 8, "log_every": 1}}
 METHODS = {
@@ -50,7 +51,11 @@ def donor(tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize(
+    "method",  # these take over 20 s each: slow; the others stay in the quick lane
+    [pytest.param(m, marks=pytest.mark.slow) if m in ("abd", "deepinversion", "rdfcil", "skd") else m
+     for m in sorted(METHODS)],
+)
 def test_a_run_from_finetunes_first_task_equals_the_run_that_trains_it(method, donor, tmp_path):
     assert has_first_task(donor)
     scratch = Trainer(_config(method), tmp_path / "scratch", coloured_dataset())

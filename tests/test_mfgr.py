@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import coloured_dataset
-
 from dfcil.cli import main
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
@@ -25,6 +23,8 @@ from dfcil.synthesis.dafl_losses import (
     sample_diversity_loss,
     total_variation_loss,
 )
+
+from conftest import coloured_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -125,6 +125,7 @@ def test_ablation_switches_zero_their_terms(tmp_path):
         method_for(synthesis={"div_pairs": 0})
 
 
+@pytest.mark.slow
 def test_mfgr_end_to_end(cifar, tmp_path, capsys):
     run_dir = tmp_path / "mfgr"
     code = main(["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", "method.name=mfgr",

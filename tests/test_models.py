@@ -12,7 +12,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dfcil.config import config_to_dict, fingerprint, parse_config
-
 from dfcil.models import (
     BACKBONES,
     IncrementalClassifier,

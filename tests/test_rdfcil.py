@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import coloured_dataset
-
+import dfcil.losses as losses_module
 from dfcil.cli import main
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
-import dfcil.losses as losses_module
 from dfcil.losses import angle_relation_distillation, angle_relations
 from dfcil.methods.rdfcil import (
     RDFCIL,
@@ -24,6 +22,8 @@ from dfcil.methods.rdfcil import (
     class_balance_weights,
     hard_kd,
 )
+
+from conftest import coloured_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -243,6 +243,7 @@ def _rdfcil_run(run_dir: Path, epochs: int, extra: list[str]) -> tuple[dict, lis
     return metrics, log
 
 
+@pytest.mark.slow
 def test_rdfcil_end_to_end(cifar, tmp_path):
     metrics, log = _rdfcil_run(tmp_path / "rdfcil", 3, [])
     assert metrics["complete"] and metrics["accuracy_per_step"][0] > 75.0

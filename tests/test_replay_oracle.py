@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import coloured_dataset
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
+
+from conftest import coloured_dataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "replay_oracle.py"
 

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # a multistep schedule whose milestones fall after the kill point: the resumed scheduler must
@@ -43,6 +45,7 @@ def comparable(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "wall_time_s"}
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_metrics(cifar_env, tmp_path):
     env = {**os.environ, **cifar_env}
     reference = tmp_path / "reference"

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import coloured_dataset
 from dfcil.config import parse_config
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.trainer import Trainer
+
+from conftest import coloured_dataset
 
 GENERATOR = {"synthesis": {"steps": 6, "batch_size": 8, "log_every": 1}}
 METHODS = {
@@ -76,6 +77,7 @@ def _kill_and_resume(config, killed: type[Trainer], tmp_path) -> tuple[ckpt.Chec
     return checkpoint, resumed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_kill_inside_generator_training_resumes_exactly(method, tmp_path):
     checkpoint, resumed = _kill_and_resume(_config(method), KilledInsideTheGenerator, tmp_path)
@@ -104,7 +106,10 @@ class KilledInTheLastPhase(Trainer):
             raise Killed
 
 
-@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
+@pytest.mark.parametrize(
+    "method",  # the generator methods take 20-40 s each: slow; the others stay in the quick lane
+    [pytest.param(m, marks=pytest.mark.slow) if m in METHODS else m for m in sorted(EVERY_METHOD)],
+)
 def test_a_kill_inside_the_last_phase_of_task_2_resumes_exactly(method, tmp_path):
     config = _config(method, epochs=2, options=EVERY_METHOD[method])
     checkpoint, resumed = _kill_and_resume(config, KilledInTheLastPhase, tmp_path)

@@ -59,6 +59,7 @@ def _agreement(teacher, student, images: torch.Tensor) -> tuple[float, float]:
         return float(feature_cosine_discrepancy(out.features, features)), float(same)
 
 
+@pytest.mark.slow
 def test_delegator_training_makes_the_student_agree_with_the_teacher(joint_smoke_run, cifar):
     """Imitate & explore against a 4-class ResNet-32 trained on real CIFAR images: a freshly
     initialised student must agree with the teacher on real test images more after a short
@@ -101,6 +102,7 @@ def test_delegator_training_makes_the_student_agree_with_the_teacher(joint_smoke
     assert delegator.generate(8).shape == (8, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_skd_end_to_end(cifar, tmp_path, capsys):
     run_dir = tmp_path / "skd"
     code = main(["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", "method.name=skd",

@@ -11,13 +11,21 @@ import pytest
 import yaml
 from PIL import Image
 
-from dfcil.cli import main
-from dfcil.errors import ConfigError
-from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
 import dfcil.suite
+from dfcil.cli import main
+from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
+from dfcil.errors import ConfigError
 from dfcil.runlock import hold_run_lock
-from dfcil.suite import (adopt_runs, estimate_time_left, execute_suite, load_suite, run_state, select_runs,
-                         status_table, threads_per_job)
+from dfcil.suite import (
+    adopt_runs,
+    estimate_time_left,
+    execute_suite,
+    load_suite,
+    run_state,
+    select_runs,
+    status_table,
+    threads_per_job,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -124,6 +124,7 @@ def test_generator_optimizer_state_is_kept_only_for_a_warm_start():
         assert (state["optimizer"] is not None) == warm_start
 
 
+@pytest.mark.slow
 def test_generator_training_covers_old_classes_confidently(joint_smoke_run):
     """Default losses (content tau = 1000) against a 4-class model trained on real CIFAR images.
 
@@ -169,6 +170,7 @@ def test_generator_training_covers_old_classes_confidently(joint_smoke_run):
     assert synth.generator is None and synth.state_dict() is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["deepinversion", "abd"])
 def test_data_free_methods_end_to_end(method, cifar, tmp_path, capsys):
     run_dir = tmp_path / method

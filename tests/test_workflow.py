@@ -15,7 +15,15 @@ import dfcil
 from dfcil.cli import main
 from dfcil.data.images import Geometry, decode_image
 from dfcil.errors import DataError
-from dfcil.workflow.artifact import Architecture, InputSpec, LearningStep, ModelFileError, ModelInfo, load_model, save_model
+from dfcil.workflow.artifact import (
+    Architecture,
+    InputSpec,
+    LearningStep,
+    ModelFileError,
+    ModelInfo,
+    load_model,
+    save_model,
+)
 from dfcil.workflow.folder import decode_paths, read_labelled_folder
 
 TINY = ["--set", "train.epochs=2", "--set", "train.milestones=[1]", "--set", "train.batch_size=16",
@@ -153,7 +161,7 @@ def test_images_of_any_mode_decode_to_rgb(tmp_path):
         "gray.png": Image.fromarray(rgb[..., 0]),  # L
         "rgba.png": Image.fromarray(np.dstack([rgb, np.full((20, 30), 255, np.uint8)])),
         "palette.gif": Image.fromarray(rgb).convert("P"),
-        "sixteen.png": Image.fromarray((rgb[..., 0].astype(np.uint16) * 256)),  # I;16
+        "sixteen.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 256),  # I;16
         "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
     }
     for name, image in files.items():

@@ -13,8 +13,9 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any
 
 
 def current_umask() -> int:
@@ -37,9 +38,9 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(fileobj)`` on a temporary file and atomically move it to ``path``
-    (keeping the mode of the file it replaces; see the module's docstring)."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(fileobj)`` on a temporary file (its return value is ignored) and atomically
+    move it to ``path`` (keeping the mode of the file it replaces; see the module's docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -256,8 +256,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"accuracy {result.accuracy:.2f} % on {result.images} images of {len(result.per_class)} classes")
     for step in result.per_step:
-        accuracy = "-" if step["accuracy"] is None else f"{step['accuracy']:.2f} %"
-        print(f"  step {step['step']} ({step['classes']} classes, {step['images']} images): {accuracy}")
+        shown = "-" if step["accuracy"] is None else f"{step['accuracy']:.2f} %"
+        print(f"  step {step['step']} ({step['classes']} classes, {step['images']} images): {shown}")
     for name, accuracy in result.per_class.items():
         print(f"  {name}: {accuracy:.2f} %")
     print(f"written: {out / 'evaluation.json'}, {out / 'confusion.png'}")

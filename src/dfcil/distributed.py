@@ -24,8 +24,9 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -86,7 +87,7 @@ class Distributed:
 
     # --- set-up ---------------------------------------------------------------------------------
     @staticmethod
-    def from_environment(device: str = "auto") -> "Distributed":
+    def from_environment(device: str = "auto") -> Distributed:
         """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
         ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``), or :data:`SINGLE` without one.
 

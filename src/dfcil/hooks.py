@@ -68,7 +68,7 @@ class BatchNormInputs:
         """Forget the statistics of earlier forwards."""
         self.stats = []
 
-    def __enter__(self) -> "BatchNormInputs":
+    def __enter__(self) -> BatchNormInputs:
         self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
         return self
 

@@ -106,7 +106,7 @@ class _AngleRelationL1(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, student_squared: torch.Tensor, teacher_squared: torch.Tensor,  # type: ignore[override]
+    def forward(ctx: Any, student_squared: torch.Tensor, teacher_squared: torch.Tensor,
                 with_gradient: bool, block: int) -> torch.Tensor:
         size = len(student_squared)
         sides = [(student_squared, _inverse_distances(student_squared), 1.0),
@@ -132,7 +132,7 @@ class _AngleRelationL1(torch.autograd.Function):
         return total * scale
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         student_gradient, teacher_gradient = ctx.saved_tensors
         return grad_output * student_gradient, grad_output * teacher_gradient, None, None
 

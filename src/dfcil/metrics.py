@@ -331,7 +331,7 @@ def accuracy_by_similarity(
     for members in np.array_split(np.asarray(known, dtype=np.int64), min(groups, len(known))):
         if not len(members):
             continue
-        cos = [float(similarity[c]) for c in members]  # type: ignore[arg-type]
+        cos = [float(similarity[c]) for c in members]
         out.append(
             {
                 "classes": [int(c) for c in members],

@@ -29,8 +29,8 @@ from dfcil.config import (
     parse_config,
     without_runtime,
 )
-from dfcil.distributed import SINGLE, Distributed
 from dfcil.data import data_root, default_cache_dir, load_dataset
+from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import ConfigError, RunDirError
 from dfcil.methods import METHODS
@@ -185,9 +185,10 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
     if dataset is None:
         dataset = load()
     trainer = Trainer(config, run_dir, dataset, upper_bound=_upper_accuracies(upper, config, dataset), dist=dist)
-    adopted = checkpoint is None and first_task_from is not None
-    if adopted:
+    adopted = False
+    if checkpoint is None and first_task_from is not None:
         checkpoint = adopt_first_task(first_task_from, trainer)
+        adopted = True
     if not dist.is_main:
         return trainer.run(resume=checkpoint)
     if checkpoint is None or adopted:
@@ -210,6 +211,7 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
         }
     )
     if adopted:
+        assert first_task_from is not None and checkpoint is not None  # adopted above
         donor_sessions = _sessions(first_task_from / RUN_FILE)
         sessions[-1]["first_task_from"] = {
             "run_dir": str(first_task_from.resolve()),

@@ -148,8 +148,8 @@ def load_suite(path: Path) -> Suite:
     for combination in itertools.product(*[points for _, points in axes]):
         labels = {axis: label for (axis, _), (label, _) in zip(axes, combination)}
         merged: dict[str, Any] = {}
-        for _, overrides in combination:
-            merged.update(overrides)
+        for _, point in combination:
+            merged.update(point)
         config = path.parent / str(merged.pop("config", data["config"]))
         name = "__".join(f"{_safe(axis)}-{_safe(label)}" for axis, label in labels.items())
         if name in seen:
@@ -518,9 +518,10 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
 
     while pending or active:
         while len(active) < jobs:
-            run = next((item for item in pending if not waiting(item)), None)
-            if run is None:
+            ready = next((item for item in pending if not waiting(item)), None)
+            if ready is None:
                 break
+            run = ready
             pending.remove(run)
             if set_aside(run):  # another suite got to it while this one waited
                 continue

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 from dfcil.errors import DataError
 
-_MAGIC: list[tuple[bytes, Callable[[Path], IO[bytes]]]] = [
+# the decompressing readers (GzipFile, BZ2File, LZMAFile) and open(..., 'rb') are all buffered binary streams
+_MAGIC: list[tuple[bytes, Callable[[Path], io.BufferedIOBase]]] = [
     (b"\x1f\x8b", lambda p: gzip.open(p, "rb")),
     (b"BZh", lambda p: bz2.open(p, "rb")),
     (b"\xfd7zXZ\x00", lambda p: lzma.open(p, "rb")),
@@ -26,7 +27,7 @@ _MAGIC: list[tuple[bytes, Callable[[Path], IO[bytes]]]] = [
 BLOCK = tarfile.BLOCKSIZE
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path) -> io.BufferedIOBase:
     with open(path, "rb") as handle:
         head = handle.read(8)
     for magic, opener in _MAGIC:

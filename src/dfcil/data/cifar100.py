@@ -157,9 +157,9 @@ def _read_pickle_tar(path: Path) -> dict[str, bytes]:
     for member, data in iter_archive(path, want):
         if data is not None:
             found[wanted["/".join(member_parts(member.name))]] = data
-    for member, name in wanted.items():
+    for member_name, name in wanted.items():
         if name not in found:
-            raise DataError(f"cifar100: archive {path} has no member {member}")
+            raise DataError(f"cifar100: archive {path} has no member {member_name}")
     return found
 
 

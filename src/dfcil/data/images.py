@@ -40,12 +40,12 @@ class Geometry:
             raise DataError(f"bad image geometry: size {self.size}, resize {self.resize}")
 
     @classmethod
-    def square(cls, size: int) -> "Geometry":
+    def square(cls, size: int) -> Geometry:
         """Shorter side to ``size``, centre crop ``size``."""
         return cls(size, size)
 
     @classmethod
-    def imagenet(cls, size: int) -> "Geometry":
+    def imagenet(cls, size: int) -> Geometry:
         """Shorter side to ``size * 256 / 224`` (256 for 224), centre crop ``size``."""
         return cls(size, max(size, int(round(size * 256 / 224))))
 
@@ -96,10 +96,9 @@ def decode_image(source: Path | bytes, geometry: Geometry, name: str | None = No
         label = "<in-memory image>" if isinstance(source, bytes) else str(source)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(handle) as image:
-            image.load()
-            image = _upright_rgb(image)
-            image = _fit(image, geometry)
+        with Image.open(handle) as opened:
+            opened.load()
+            image = _fit(_upright_rgb(opened), geometry)
             array = np.asarray(image, dtype=np.uint8)
     except Exception as exc:  # PIL raises many types for corrupt data
         raise DataError(f"cannot decode image {label}: {_one_line(str(exc) or type(exc).__name__)}") from exc

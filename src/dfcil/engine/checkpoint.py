@@ -110,7 +110,9 @@ def load(run_dir: Path, config: Config) -> Checkpoint | None:
 def _repair_milestones(state: dict[str, Any] | None) -> dict[str, Any] | None:
     """Undo the mangling of MultiStepLR milestones in checkpoints written before the fix in
     :func:`save` (``Counter({(10, 1): 1})`` -> ``Counter({10: 1})``)."""
-    milestones = None if state is None else state.get("milestones")
+    if state is None:
+        return None
+    milestones = state.get("milestones")
     if isinstance(milestones, Counter) and milestones and all(isinstance(k, tuple) for k in milestones):
         state = {**state, "milestones": Counter({int(k[0]): int(k[1]) for k in milestones})}
     return state

@@ -20,7 +20,7 @@ class TaskEvaluation:
     accuracy: float
     old: float | None
     new: float | None
-    task_local: list[float]
+    task_local: list[float | None]  # None for a task without test images
     per_class: list[float | None]
     nearest_cosine: list[float | None] | None = None  # per seen class; None in checkpoints before it existed
     per_old_class_among_old: list[float | None] | None = None  # argmax over old classes only; None at task 1
@@ -63,7 +63,7 @@ class RunResults:
         return [vars(e).copy() for e in self.evaluations]
 
     @classmethod
-    def from_state(cls, state: list[dict[str, Any]]) -> "RunResults":
+    def from_state(cls, state: list[dict[str, Any]]) -> RunResults:
         """Inverse of :meth:`state_dict`."""
         return cls([TaskEvaluation(**e) for e in state])
 

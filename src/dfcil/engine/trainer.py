@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,10 @@ from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.evaluate import predict, predict_logits
 from dfcil.engine.results import RunResults, TaskEvaluation, evaluate_task
-from dfcil.first_task import first_task_identity, save_first_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
 from dfcil.errors import ConfigError, DataError, DfcilError
+from dfcil.first_task import first_task_identity, save_first_task
 from dfcil.methods import Batch, Method, Phase, RunEnv, method_class, parse_method_options
 from dfcil.models import IncrementalClassifier, build_classifier
 from dfcil.precision import resolve_precision
@@ -185,12 +186,12 @@ class Trainer:
                     f"class {self.dataset.class_names[original]!r} (index {original}) has no {name} images"
                 )
 
-    def make_model(self, head_sizes: list[int] | tuple[int, ...]) -> IncrementalClassifier:
+    def make_model(self, head_sizes: Sequence[int]) -> IncrementalClassifier:
         """A freshly initialised model with heads of ``head_sizes``, on the run's device."""
         model = build_classifier(self.config.model, head_sizes)
         model.to(self.device)
         if self.config.train.channels_last:
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's overloads omit memory_format
         if self.config.train.compile:
             # In place: state_dict keys and growing heads are unaffected. Static shapes: a batch
             # size seen for the first time (the last batch of an epoch) compiles its own graph
@@ -294,7 +295,7 @@ class Trainer:
 
             def losses() -> tuple[torch.Tensor, Any]:
                 with self.env.autocast():
-                    result = self.method.training_step(self.model, Batch(images, labels), task, phase)
+                    result = self.method.training_step(self.model, Batch(images, labels), task, phase)  # noqa: B023 - called in this iteration
                 total = sum(term.weight * term.value.float() for term in result.losses.values())
                 assert isinstance(total, torch.Tensor)
                 return total, result
@@ -527,6 +528,7 @@ class Trainer:
                 first_epoch = 1
                 if mid_task and phase_index == position.phase:
                     if opt_state is not None:
+                        assert sched_state is not None  # saved together with the optimiser's (see _save)
                         optimizer.load_state_dict(opt_state)
                         scheduler.load_state_dict(sched_state)
                     first_epoch = position.epoch + 1

@@ -9,13 +9,14 @@ that does not load or is not a Method stops with a one-line error naming it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from dfcil.errors import ConfigError
-from dfcil.methods.base import Batch, Loss, Method, OldModel, Phase, RunEnv, StepResult
 from dfcil.methods.abd import ABD
+from dfcil.methods.base import Batch, Loss, Method, OldModel, Phase, RunEnv, StepResult
 from dfcil.methods.deepinversion import DeepInversion
 from dfcil.methods.finetune import Finetune
 from dfcil.methods.joint import Joint

@@ -81,7 +81,7 @@ class ABD(SyntheticReplayMethod):
         local = F.cross_entropy(
             out.logits[:real, task.start : task.stop].float(), batch.labels - task.start, reduction="none"
         )
-        old_weight = torch.cat([head.weight for head in self.old.model.heads])
+        old_weight = torch.cat([head.weight for head in self.old.model.linear_heads()])
         feature_kd = importance_weighted_feature_distillation(out.features, old.features, old_weight)
         head_logits = model.classify(out.features.detach())[:, : task.num_seen]
         head_ce = F.cross_entropy(head_logits.float(), labels, reduction="none")

@@ -17,9 +17,10 @@ checkpoints). A method only says, per task:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ class Phase:
     trainable: Literal["all", "heads"] = "all"  # "heads": backbone frozen and in eval mode
 
     @staticmethod
-    def main(train: TrainConfig, name: str = "main") -> "Phase":
+    def main(train: TrainConfig, name: str = "main") -> Phase:
         """The phase described by the ``train`` section of the config."""
         return Phase(
             name=name,

@@ -14,8 +14,8 @@ from typing import Any
 from dfcil.losses import cross_entropy_seen, soft_cross_entropy
 from dfcil.methods.base import Batch, Loss, Method, OldModel, Phase, RunEnv, StepResult
 from dfcil.models import IncrementalClassifier
-from dfcil.schema import join, require
 from dfcil.scenario import Task
+from dfcil.schema import join, require
 
 
 @dataclass(frozen=True)

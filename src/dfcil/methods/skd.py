@@ -169,7 +169,7 @@ def delegator_check(teacher: IncrementalClassifier, student: IncrementalClassifi
     """The paper's check: test accuracy on T's classes of T, and of S's features with T's classifier."""
     assert env.test_accuracy is not None
     grafted = frozen_copy(student)
-    for mine, theirs in zip(grafted.heads, teacher.heads):
+    for mine, theirs in zip(grafted.linear_heads(), teacher.linear_heads()):
         mine.weight.data.copy_(theirs.weight.data)
     teacher_accuracy = env.test_accuracy(teacher, num_old)
     student_accuracy = env.test_accuracy(grafted, num_old)

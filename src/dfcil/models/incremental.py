@@ -76,18 +76,18 @@ class IncrementalClassifier(nn.Module):
     @property
     def num_classes(self) -> int:
         """Number of classes seen so far (sum of head sizes)."""
-        return sum(head.out_features for head in self._linear_heads())
+        return sum(head.out_features for head in self.linear_heads())
 
     @property
     def head_sizes(self) -> list[int]:
         """Number of classes of each head, in task order, e.g. ``[5, 5]``."""
-        return [head.out_features for head in self._linear_heads()]
+        return [head.out_features for head in self.linear_heads()]
 
     @property
     def task_offsets(self) -> list[int]:
         """Cumulative column offsets of the heads, length ``num_tasks + 1``, e.g. ``[0, 5, 10]``."""
         offsets = [0]
-        for head in self._linear_heads():
+        for head in self.linear_heads():
             offsets.append(offsets[-1] + head.out_features)
         return offsets
 
@@ -99,7 +99,7 @@ class IncrementalClassifier(nn.Module):
         """Return the logits of every seen class, the heads' outputs concatenated in task order."""
         if not self.heads:
             raise RuntimeError("the classifier has no head yet; call add_head() first")
-        weight = torch.cat([head.weight for head in self._linear_heads()], dim=0)
+        weight = torch.cat([head.weight for head in self.linear_heads()], dim=0)
         return features @ weight.t()
 
     def forward(self, x: Tensor) -> ModelOutput:
@@ -132,7 +132,8 @@ class IncrementalClassifier(nn.Module):
         """Iterate over the parameters of the backbone."""
         return self.backbone.parameters()
 
-    def _linear_heads(self) -> Iterator[nn.Linear]:
+    def linear_heads(self) -> Iterator[nn.Linear]:
+        """The heads in task order, as the ``nn.Linear`` layers they are (``heads`` is a ``ModuleList``)."""
         for head in self.heads:
             assert isinstance(head, nn.Linear)
             yield head

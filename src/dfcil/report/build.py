@@ -8,8 +8,8 @@ from pathlib import Path
 from dfcil.atomic import write_json
 from dfcil.errors import DataError
 from dfcil.report import plots
-from dfcil.report.domain_gap import plot_domain_gap, run_domain_gaps
 from dfcil.report.aggregate import duplicate_seed_warnings, exclude_superseded, group_runs, protocols
+from dfcil.report.domain_gap import plot_domain_gap, run_domain_gaps
 from dfcil.report.html import write_html
 from dfcil.report.labels import protocol_labels, row_label, run_seed
 from dfcil.report.model import Report

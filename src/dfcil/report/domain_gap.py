@@ -163,8 +163,8 @@ def run_domain_gaps(run_dir: Path, config: dict[str, Any]) -> list[TaskGap]:
         return []
     from dfcil.config import parse_config
     from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
-    from dfcil.scenario import build_scenario
     from dfcil.models import build_classifier
+    from dfcil.scenario import build_scenario
 
     parsed = parse_config(config)
     dataset = load_dataset(parsed.data.dataset, resolve_data_root(parsed.data.root), default_cache_dir(),

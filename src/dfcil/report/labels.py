@@ -87,7 +87,7 @@ def run_seed(record: RunRecord) -> int | str | None:
     """The run's seed (``metrics.json``, else ``config.yaml``, else the suite's label)."""
     for value in (record.metrics.get("seed"), record.config.get("seed")):
         if value is not None:
-            return value  # type: ignore[no-any-return]
+            return value
     if record.suite_labels and "seed" in record.suite_labels:
         return record.suite_labels["seed"]
     return None

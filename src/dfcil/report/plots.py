@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps, font_manager
-from matplotlib.text import Text
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image, UnidentifiedImageError
 
 from dfcil.atomic import atomic_write
@@ -105,15 +105,16 @@ def accuracy_curve(protocol: str, groups: Sequence[Group], path: Path) -> Path:
     """Accuracy on all seen classes vs classes learned: one line per method, ± std band."""
     figure = new_figure(9.0, 4.8)
     axes = figure.add_subplot()
-    palette = colormaps["tab20"].colors
+    # tab20 is a ListedColormap, whose colours are a tuple of RGB tuples (the stubs type it as a plain Colormap)
+    palette = colormaps["tab20"].colors  # type: ignore[attr-defined]
     colours = palette[0::2] + palette[1::2]  # ten distinct hues first, then their light shades
     ticks: set[int] = set()
     for index, method in enumerate(methods(groups)):
         runs = [r for g in groups if g.protocol == protocol and g.method == method for r in g.runs]
-        curves = [
+        found = [
             (classes_learned(r), [_number(v) for v in r.metrics.get("accuracy_per_step") or []]) for r in runs
         ]
-        curves = [(x, y) for x, y in curves if x and len(x) == len(y)]
+        curves = [(x, y) for x, y in found if x and len(x) == len(y)]
         if not curves:
             continue
         x = curves[0][0]

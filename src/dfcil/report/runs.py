@@ -63,7 +63,7 @@ class RunRecord:
         return bool(self.metrics.get("complete"))
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -22,8 +22,9 @@ previous task's delegator (SKD's continual delegator, ``continual: true``); S is
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,13 +130,14 @@ class KnowledgeDelegator:
             self.generator = build_generator(self.image_size, opts.z_dim, opts.bn_eps,
                                              self.channels_last).to(self.device)
         delegator = self.generator
+        assert delegator is not None  # a new one, or the one kept (continual) or restored (resume)
         teacher.eval()
         student.train()
         delegator.train()
         student_opt = torch.optim.SGD(student.backbone.parameters(), lr=opts.student_lr,
                                       momentum=opts.student_momentum, weight_decay=opts.student_weight_decay)
         delegator_opt = torch.optim.Adam(delegator.parameters(), lr=opts.delegator_lr)
-        stepped = [delegator_opt]
+        stepped: list[torch.optim.Optimizer] = [delegator_opt]
         if opts.imitate_steps or opts.step_student_in_explore:
             stepped.append(student_opt)
         schedules = [torch.optim.lr_scheduler.StepLR(o, opts.lr_decay_every, opts.lr_decay_factor) for o in stepped]
@@ -152,7 +154,7 @@ class KnowledgeDelegator:
         last: dict[str, float] = {}
         batch = self.dist.shard_size(opts.batch_size)
         imitate_step = self.dist.step_runner([student.backbone], self.device)
-        explored = [delegator, student.backbone] if opts.step_student_in_explore else [delegator]
+        explored: list[torch.nn.Module] = [delegator, student.backbone] if opts.step_student_in_explore else [delegator]
         explore_step = self.dist.step_runner(explored, self.device)
 
         def imitate_loss() -> torch.Tensor:
@@ -191,6 +193,7 @@ class KnowledgeDelegator:
                 imitate += loss.detach().float() / opts.imitate_steps
             with BatchNormInputs(teacher, self.dist) as bn, OutputSaturation(delegator.output_tanh) as saturation:
                 total, terms, logits = explore_step(lambda: explore_losses(bn))
+            assert saturation.value is not None  # set by the delegator's forward in explore_losses
             psi = -terms["explore"]
             delegator_opt.zero_grad(set_to_none=True)
             student_opt.zero_grad(set_to_none=True)

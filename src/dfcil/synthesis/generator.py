@@ -9,7 +9,8 @@ positional argument) that every published number uses; ``bn_eps`` exposes it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ class Generator(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.image_size = init_size * 2 ** len(block_channels)
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's overloads omit memory_format
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images for latent codes ``z``."""

@@ -79,7 +79,7 @@ class OutputSaturation:
     def _record(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         self.value = saturated_fraction(output, self.threshold)
 
-    def __enter__(self) -> "OutputSaturation":
+    def __enter__(self) -> OutputSaturation:
         self._handle = self.module.register_forward_hook(self._record)
         return self
 

@@ -8,9 +8,10 @@ part of the method state, so a run resumed inside a task does not train it again
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,9 +23,8 @@ from dfcil.hooks import BatchNormInput, BatchNormInputs
 from dfcil.models import IncrementalClassifier
 from dfcil.schema import join, require
 from dfcil.synthesis.generator import Generator, build_generator, generate_images
-from dfcil.synthesis.monitor import OutputSaturation, WindowMeans, confidence_and_coverage
 from dfcil.synthesis.losses import bn_statistics_kl, content_loss, image_prior_loss, label_diversity_loss
-
+from dfcil.synthesis.monitor import OutputSaturation, WindowMeans, confidence_and_coverage
 
 # (generated images, old-model logits over old classes, old-model features, BN-input statistics)
 # -> named (unweighted value, weight) terms; the generator minimises the weighted sum.
@@ -33,16 +33,25 @@ InversionObjective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[Ba
 
 
 class GeneratorTrainingOptions(Protocol):
-    """What :class:`Synthesizer` reads from a method's generator section (duck-typed)."""
+    """What :class:`Synthesizer` reads from a method's generator section (duck-typed; read-only
+    members, so that the frozen dataclasses of the sections match)."""
 
-    steps: int
-    batch_size: int | None
-    lr: float
-    z_dim: int
-    bn_eps: float
-    warm_start: bool
-    log_every: int
-    keep_generator: bool
+    @property
+    def steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int | None: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def z_dim(self) -> int: ...
+    @property
+    def bn_eps(self) -> float: ...
+    @property
+    def warm_start(self) -> bool: ...
+    @property
+    def log_every(self) -> int: ...
+    @property
+    def keep_generator(self) -> bool: ...
 
     def objective(self) -> InversionObjective:
         """The generator's loss terms."""
@@ -78,7 +87,7 @@ class SynthesisOptions:
     log_every: int = 100
     keep_generator: bool = False  # save each task's generator under generators/ (breaks data-free rule)
 
-    def objective(self) -> "InversionObjective":
+    def objective(self) -> InversionObjective:
         """The four losses of ABD / R-DFCIL with this section's weights."""
         opts = self
 
@@ -151,6 +160,7 @@ class Synthesizer:
             self.generator = self._new_generator()
             self.optimizer_state = None
         generator = self.generator
+        assert generator is not None  # a new one, or the one kept (warm start) or restored (resume)
         optimizer = torch.optim.Adam(generator.parameters(), lr=opts.lr)
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
@@ -284,8 +294,8 @@ def save_sample_grid(draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], num_
     size = image_size
     grid = np.full((max(len(rows), 1) * (size + 2), per_class * (size + 2), 3), 255, dtype=np.uint8)
     for r, label in enumerate(sorted(rows)):
-        pixels = denormalize(torch.stack(rows[label])).clamp(0, 1).mul(255).round().byte()
-        pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        row = denormalize(torch.stack(rows[label])).clamp(0, 1).mul(255).round().byte()
+        pixels = row.permute(0, 2, 3, 1).cpu().numpy()
         for c, image in enumerate(pixels):
             grid[r * (size + 2) + 1 : r * (size + 2) + 1 + size, c * (size + 2) + 1 : c * (size + 2) + 1 + size] = image
     atomic_write(path, lambda handle: Image.fromarray(grid).save(handle, format="PNG"))

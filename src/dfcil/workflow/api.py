@@ -46,7 +46,7 @@ class Model:
         """Write the model file (safetensors + JSON metadata) atomically."""
         save_model(Path(path), self.info, self.network.state_dict())
 
-    def learn(self, data: str | Path, method: str | None = None, **options: Any) -> "Model":
+    def learn(self, data: str | Path, method: str | None = None, **options: Any) -> Model:
         """A new model that also knows the classes of the image folder ``data`` (which must all
         be new), learned with a data-free ``method`` (default: the recipe's, rdfcil).
         ``options``: the fields of :class:`~dfcil.workflow.learn.LearnOptions`."""

@@ -46,10 +46,10 @@ class Architecture:
 
     def _current_revision(self) -> int:
         """The revision of the network this dfcil builds for these settings."""
-        return ModelConfig(**self.to_config()).network_revision  # type: ignore[arg-type]
+        return ModelConfig(**self.to_config()).network_revision
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "Architecture":
+    def from_config(cls, config: ModelConfig) -> Architecture:
         """The architecture of an experiment's ``model`` section."""
         return cls(
             config.backbone,
@@ -118,7 +118,7 @@ class ModelInfo:
         return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)})
 
     @classmethod
-    def from_json(cls, text: str, origin: str) -> "ModelInfo":
+    def from_json(cls, text: str, origin: str) -> ModelInfo:
         """Parse and check :meth:`to_json` output (``origin`` names the file in errors)."""
         try:
             data = json.loads(text)

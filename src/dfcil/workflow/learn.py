@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dfcil.config import Config, apply_overrides, config_to_dict, load_yaml_tree, parse_config
@@ -161,7 +161,7 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
     per_class = evaluation.per_class[len(old_classes):]
     step = LearningStep(
         step=(0 if info is None else len(info.history)) + 1,
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
         classes=new_names,
         method=config.method_name if info is not None else f"{config.method_name} (first model: cross-entropy)",
         images={"train": int(len(folder.train_labels)), "held_out": int(len(folder.held_out_labels)),
