@@ -1,8 +1,10 @@
-"""Domain-gap features written at the end of a task."""
+"""Domain-gap features written at the end of a task, and the report that reads only them."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from dfcil.config import parse_config
 from dfcil.engine.gap_features import GapFeatures, compute_gap_features, evenly, features_path, select_real
 from dfcil.engine.trainer import Trainer
 from dfcil.models import build_classifier
+from dfcil.report import build_report
+from dfcil.report.domain_gap import TSNE_MISSING, task_gap
 
 # abd on the tiny dataset: 4 classes of 24 images, 2 tasks of 2; the generator keeps 256 samples
 RAW_CONFIG = {
@@ -84,3 +88,41 @@ def test_writing_the_features_changes_nothing_in_training(abd_run, tmp_path, mon
     ours = torch.load(abd_run / "checkpoints" / "task_2.pt", map_location="cpu", weights_only=True)["model"]
     theirs = torch.load(tmp_path / "without" / "checkpoints" / "task_2.pt", map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # weights and BN running statistics
+
+
+def _checkpointless_copy(run_dir: Path, root: Path) -> Path:
+    copy = root / "runs" / run_dir.name
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    return copy
+
+
+def _no_dataset(*args, **kwargs):
+    raise AssertionError("the report loaded a dataset")
+
+
+def test_report_of_a_checkpointless_copy_needs_no_data(abd_run, tmp_path, monkeypatch):
+    monkeypatch.delenv("DFCIL_DATA", raising=False)
+    monkeypatch.setattr("dfcil.data.load_dataset", _no_dataset)
+    copy = _checkpointless_copy(abd_run, tmp_path)
+    page = build_report([tmp_path / "runs"], tmp_path / "report")
+    gaps = json.loads((tmp_path / "report" / "domain_gap.json").read_text())[str(copy)]
+    expected = task_gap(GapFeatures.load(features_path(copy, 2)), with_tsne=False).to_dict()
+    assert gaps == [expected]
+    assert gaps[0]["images"] == {"real_old": 48, "synthetic": 256, "real_new": 48}
+    assert (tmp_path / "report" / "plots" / "run-abd-s0-domain_task2.png").stat().st_size > 0
+    html = page.read_text()
+    assert "Domain gap" in html and "domain_task2.png" in html and "unavailable" not in html
+    assert "domain gap" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_report_without_scikit_learn_keeps_mid_and_mmd_and_says_why_no_map(abd_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn -> ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
+    _checkpointless_copy(abd_run, tmp_path)
+    page = build_report([tmp_path / "runs"], tmp_path / "report")
+    gaps = json.loads((tmp_path / "report" / "domain_gap.json").read_text())
+    assert [g["task"] for g in next(iter(gaps.values()))] == [2]
+    assert not list((tmp_path / "report" / "plots").glob("*domain*"))
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert markdown.count("pip install dfcil[report]") == 1 and f"- {TSNE_MISSING}" in markdown
+    assert "pip install dfcil[report]" in page.read_text()
