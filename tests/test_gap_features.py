@@ -126,3 +126,20 @@ def test_report_without_scikit_learn_keeps_mid_and_mmd_and_says_why_no_map(abd_r
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert markdown.count("pip install dfcil[report]") == 1 and f"- {TSNE_MISSING}" in markdown
     assert "pip install dfcil[report]" in page.read_text()
+
+
+def test_features_of_a_compiled_training_model_are_eager_and_change_no_state():
+    from dfcil.engine.gap_features import penultimate_features
+
+    torch.manual_seed(0)
+    model = build_classifier(parse_config(RAW_CONFIG).model, [2, 2])
+    images = coloured_dataset().test.images[:12]
+    expected = penultimate_features(model, images, (0.5,) * 3, (0.25,) * 3)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.backbone.compile(dynamic=False)
+    features = penultimate_features(model, images, (0.5,) * 3, (0.25,) * 3, batch_size=5)
+    assert model.training  # restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics untouched
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    assert features.dtype == np.float32 and features.shape == (12, 64)
