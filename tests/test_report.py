@@ -344,7 +344,7 @@ def test_tsne_keeps_separate_clusters_apart():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (40, 10)), rng.normal(8, 1, (40, 10))])
     labels = np.repeat([0, 1], 40)
-    y = tsne(x, perplexity=10, iterations=300)
+    y = tsne(x, perplexity=10)
     d = ((y[:, None, :] - y[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     assert (labels[d.argmin(axis=1)] == labels).mean() == 1.0
@@ -352,13 +352,13 @@ def test_tsne_keeps_separate_clusters_apart():
     assert centre_gap > 3 * max(y[:40].std(0).max(), y[40:].std(0).max())
 
 
-def test_report_draws_domain_gap_of_a_run_with_synthetic_samples(tmp_path, monkeypatch):
+def _old_data_free_run(tmp_path: Path) -> Path:
+    """A run made before features were written at training time: an image-folder dataset, the
+    model after task 2 and its kept synthetic samples, no ``task_2_features.npz``."""
     from PIL import Image as PILImage
 
-    from dfcil.report import build_report
     from dfcil.workflow.artifact import Architecture
 
-    monkeypatch.setenv("DFCIL_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
     tree = tmp_path / "tree"
     for split in ("train", "test"):
@@ -384,6 +384,17 @@ def test_report_draws_domain_gap_of_a_run_with_synthetic_samples(tmp_path, monke
                run / "checkpoints" / "task_2.pt")
     np.savez_compressed(run / "synthesis" / "task_2_samples.npz",
                         images=rng.integers(0, 255, (24, 32, 32, 3)).astype(np.uint8), labels=np.zeros(24, np.int64))
+    return run
+
+
+def test_report_draws_domain_gap_of_a_run_with_synthetic_samples(tmp_path, monkeypatch):
+    """The fallback for an old run: features recomputed from its checkpoint and dataset."""
+    from PIL import Image as PILImage
+
+    from dfcil.report import build_report
+
+    monkeypatch.setenv("DFCIL_CACHE", str(tmp_path / "cache"))
+    run = _old_data_free_run(tmp_path)
     page = build_report([tmp_path / "runs"], tmp_path / "report")
     gaps = json.loads((tmp_path / "report" / "domain_gap.json").read_text())[str(run)]
     assert [g["task"] for g in gaps] == [2]
@@ -392,6 +403,25 @@ def test_report_draws_domain_gap_of_a_run_with_synthetic_samples(tmp_path, monke
     assert "Domain gap" in html and "domain_task2.png" in html
     with PILImage.open(tmp_path / "report" / "plots" / "run-abd-s0-domain_task2.png") as png:
         assert png.size[0] > 300
+    assert not (run / "synthesis" / "task_2_features.npz").exists()  # the report writes nothing into a run
+
+
+@pytest.mark.parametrize("missing", ["checkpoints", "dataset"])
+def test_old_run_without_checkpoint_or_data_lists_its_domain_gap_as_unavailable(tmp_path, monkeypatch, missing):
+    from dfcil.report import build_report
+
+    monkeypatch.setenv("DFCIL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DFCIL_DATA", raising=False)
+    run = _old_data_free_run(tmp_path)
+    shutil.rmtree(run / "checkpoints" if missing == "checkpoints" else tmp_path / "tree")
+    page = build_report([tmp_path / "runs"], tmp_path / "report")
+    assert not (tmp_path / "report" / "domain_gap.json").exists()
+    lines = [line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if "domain gap" in line]
+    assert len(lines) == 1 and lines[0].startswith("- abd-s0: domain gap unavailable for task 2: no features file")
+    reason = ("no checkpoint (checkpoints/task_t.pt) to recompute them from" if missing == "checkpoints"
+              else "the dataset to recompute them cannot be loaded")
+    assert reason in lines[0]
+    assert "Domain gap unavailable for task 2" in page.read_text()
 
 
 # --- the reproducibility table -------------------------------------------------------------------

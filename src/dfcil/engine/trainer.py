@@ -3,7 +3,9 @@
 Per task: (re-initialise for ``joint``) -> ``method.prepare_task`` -> add the task's head ->
 each phase of ``method.phases`` (new SGD optimiser and schedule; epochs of whole-batch
 device-side augmentation and the method's loss terms) -> ``method.finish_task`` ->
-task-agnostic evaluation on all seen classes -> ``metrics.json`` and a checkpoint.
+task-agnostic evaluation on all seen classes -> the domain-gap features of a task whose
+synthetic samples were kept (``synthesis/task_t_features.npz``, :mod:`dfcil.engine.gap_features`)
+-> ``metrics.json`` and a checkpoint.
 
 A checkpoint is written atomically after every task, at the end of every phase and after every
 epoch that ends at least ``runtime.checkpoint_every_s`` (default 30 s) after the last one,
@@ -34,6 +36,7 @@ from dfcil.data import DatasetArrays
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.evaluate import predict, predict_logits
+from dfcil.engine.gap_features import write_task_features
 from dfcil.engine.results import RunResults, TaskEvaluation, evaluate_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
@@ -403,6 +406,14 @@ class Trainer:
                          "phase_index": phase_index, "accuracy": evaluation.accuracy,
                          "old": evaluation.old, "new": evaluation.new})
 
+    def _write_gap_features(self, task: Task) -> None:
+        """``synthesis/task_t_features.npz`` of a task whose synthetic samples were kept: the
+        features ``dfcil report`` needs for the domain gap (:mod:`dfcil.engine.gap_features`; no
+        random numbers used, no state changed: the run is the same)."""
+        test = self.dataset.test
+        write_task_features(self.run_dir, self.model, task.index + 1, test.images, self.scenario.remap(test.labels),
+                            task.start, task.stop, self.dataset.mean, self.dataset.std)
+
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` content for the tasks evaluated so far."""
         complete = len(self.results.evaluations) == len(self.scenario.tasks) - self.start_task
@@ -561,6 +572,8 @@ class Trainer:
             self.method.finish_task(self.model, task)
             self.dist.check_replicas(self.model, f"task {task.index + 1}")
             self._evaluate(task)
+            if self.dist.is_main:
+                self._write_gap_features(task)
             tick()
             self._save(ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True))
             if self.dist.is_main:

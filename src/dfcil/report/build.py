@@ -9,7 +9,7 @@ from dfcil.atomic import write_json
 from dfcil.errors import DataError
 from dfcil.report import plots
 from dfcil.report.aggregate import duplicate_seed_warnings, exclude_superseded, group_runs, protocols
-from dfcil.report.domain_gap import plot_domain_gap, run_domain_gaps
+from dfcil.report.domain_gap import TSNE_MISSING, plot_domain_gap, run_domain_gaps, tsne_available
 from dfcil.report.html import write_html
 from dfcil.report.labels import protocol_labels, row_label, run_seed
 from dfcil.report.model import Report
@@ -44,9 +44,14 @@ def unique_slugs(records: list[RunRecord]) -> dict[str, str]:
     return slugs
 
 
-def make_plots(report: Report, out_dir: Path) -> None:
-    """Draw every plot into ``out_dir/plots`` and record their relative paths in ``report``."""
+def make_plots(report: Report, out_dir: Path, with_tsne: bool | None = None) -> None:
+    """Draw every plot into ``out_dir/plots`` and record their relative paths in ``report``.
+
+    ``with_tsne``: draw the domain gaps' t-SNE maps (default: when scikit-learn is installed;
+    without it the report says so in one warning and keeps the MID / MMD figures)."""
     plot_dir = Path(out_dir) / PLOTS_DIR
+    if with_tsne is None:
+        with_tsne = tsne_available()
     if not report.run_slugs:
         report.run_slugs = unique_slugs(report.runs)
     for index, protocol in enumerate(protocols(report.groups)):
@@ -62,24 +67,29 @@ def make_plots(report: Report, out_dir: Path) -> None:
             name = f"run-{slug}-{kind}.png"
             if draw(record, title, plot_dir / name) is not None:
                 report.run_plots.setdefault(key, {})[kind] = f"{PLOTS_DIR}/{name}"
-        add_domain_gaps(report, record, title, plot_dir)
+        add_domain_gaps(report, record, title, plot_dir, with_tsne)
+    if report.domain_gaps and not with_tsne:
+        report.warnings.append(TSNE_MISSING)
 
 
-def add_domain_gaps(report: Report, record: RunRecord, title: str, plot_dir: Path) -> None:
-    """t-SNE plots and MID / MMD figures of a run that kept synthetic samples; a run whose
-    dataset cannot be loaded here gets a warning instead."""
+def add_domain_gaps(report: Report, record: RunRecord, title: str, plot_dir: Path, with_tsne: bool = True) -> None:
+    """MID / MMD figures (and t-SNE plots when ``with_tsne``) of a run that kept synthetic
+    samples, from the features in its run directory; tasks without them get one warning line
+    (and a note in the run's section) saying why."""
     key, slug = str(record.path), report.run_slugs[str(record.path)]
-    try:
-        gaps = run_domain_gaps(record.path, record.config)
-    except DataError as error:
-        report.warnings.append(f"{record.name}: no domain-gap diagnostics ({error})")
-        return
-    for gap in gaps:
+    result = run_domain_gaps(record.path, record.config, with_tsne)
+    for gap in result.gaps:
+        if gap.embedding is None:
+            continue
         name = f"run-{slug}-domain_task{gap.task}.png"
         plot_domain_gap(gap, title, plot_dir / name)
         report.run_plots.setdefault(key, {})[f"domain_task{gap.task}"] = f"{PLOTS_DIR}/{name}"
-    if gaps:
-        report.domain_gaps[key] = [gap.to_dict() for gap in gaps]
+    if result.gaps:
+        report.domain_gaps[key] = [gap.to_dict() for gap in result.gaps]
+    line = result.unavailable_line()
+    if line is not None:
+        report.domain_gap_notes[key] = line
+        report.warnings.append(f"{record.name}: domain gap unavailable for {line}")
 
 
 #: what a report writes into its folder; a folder holding anything else is not replaced
@@ -128,13 +138,13 @@ def build_report(paths: list[Path], out_dir: Path, published: Path | None = None
         warnings=duplicate_seed_warnings(groups),
         run_slugs=unique_slugs(records),
     )
+    if reproducibility is not None and published is None:
+        raise DataError("--reproducibility needs --published (the published figures, e.g. benchmarks/published.yaml)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    make_plots(report, out_dir)  # first: its warnings (domain gaps) belong in the tables too
     write_tables(report.groups, out_dir, report.excluded, report.warnings)
-    if reproducibility is not None:
-        if published is None:
-            raise DataError("--reproducibility needs --published (the published figures, e.g. benchmarks/published.yaml)")
+    if reproducibility is not None and published is not None:
         write_reproducibility(groups, published, reproducibility)
-    make_plots(report, out_dir)
     if report.domain_gaps:
         write_json(out_dir / "domain_gap.json", {path: gaps for path, gaps in report.domain_gaps.items()})
     return write_html(report, out_dir)

@@ -1,32 +1,39 @@
 """The real-vs-synthetic domain gap of a data-free run (the ABD paper's diagnosis).
 
-For every task t >= 2 of a run that kept its synthetic samples (``synthesis/task_t_samples.npz``,
-drawn from the generator of task t) and its model after task t (``checkpoints/task_t.pt``), the
-penultimate features of three sets are compared in that model's feature space:
+For every task t >= 2 of a run that kept its synthetic samples, the penultimate features, in the
+model after task t, of three sets are compared:
 
 * real test images of the old classes (tasks 1..t-1),
 * the synthetic images standing in for them,
 * real test images of the task's new classes.
 
+The features are written at training time (``synthesis/task_t_features.npz``, see
+:mod:`dfcil.engine.gap_features`), so the report reads only files of the run directory: no
+dataset (``DFCIL_DATA``) and no checkpoint. For a run made before those files existed they are
+recomputed from ``checkpoints/task_t.pt`` and the dataset when both are here; otherwise the task's
+domain gap is listed as unavailable, with the reason.
+
 MID(a, b) = ||(mean_a - mean_b) / std_a|| (per-dimension std of the reference set a) and the
 unbiased Gaussian-kernel MMD^2 (median-heuristic bandwidth) are reported for (real old,
 synthetic) and (real old, real new): a synthetic set farther from the real old classes than
 the real new classes are means the features separate domains rather than semantics. A t-SNE
-map of the three sets is drawn per task.
+map of the three sets (scikit-learn, the ``dfcil[report]`` extra) is drawn per task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dfcil.errors import DataError
+from dfcil.engine.gap_features import MAX_REAL, GapFeatures, compute_gap_features, features_path, samples_path
+from dfcil.errors import DataError, DfcilError
 
-MAX_REAL = 500  # real images per set (evenly spaced), to keep t-SNE and MMD cheap
+__all__ = ["MAX_REAL", "TSNE_MISSING", "DomainGaps", "TaskGap", "mid", "mmd_unbiased", "plot_domain_gap",
+           "run_domain_gaps", "task_gap", "tsne", "tsne_available"]
 
 
 def mid(reference: np.ndarray, other: np.ndarray, eps: float = 1e-8) -> float:
@@ -58,59 +65,27 @@ def mmd_unbiased(a: np.ndarray, b: np.ndarray, bandwidth: float | None = None) -
                  - 2.0 * k_ab.mean())
 
 
-def _conditional_probabilities(d: np.ndarray, perplexity: float) -> np.ndarray:
-    """Row-wise Gaussian affinities whose entropy matches log(perplexity) (binary search on beta)."""
-    n = len(d)
-    target = np.log(perplexity)
-    p = np.zeros((n, n))
-    for i in range(n):
-        row = np.delete(d[i], i)
-        low, high, beta = 0.0, np.inf, 1.0
-        for _ in range(60):
-            weights = np.exp(-(row - row.min()) * beta)
-            total = weights.sum()
-            probs = weights / total
-            entropy = -np.sum(probs * np.log(np.maximum(probs, 1e-12)))
-            if abs(entropy - target) < 1e-5:
-                break
-            if entropy > target:
-                low, beta = beta, beta * 2 if high == np.inf else (beta + high) / 2
-            else:
-                high, beta = beta, (beta + low) / 2
-        p[i, np.arange(n) != i] = probs
-    return p
+TSNE_MISSING = "t-SNE maps need scikit-learn: pip install dfcil[report] (MID and MMD are reported without it)"
 
 
-def tsne(x: np.ndarray, perplexity: float = 30.0, iterations: int = 500, seed: int = 0) -> np.ndarray:
-    """Exact t-SNE of ``x`` (N, D) into 2-D (for a few thousand points at most).
+def tsne_available() -> bool:
+    """Whether scikit-learn's t-SNE can be imported (the ``dfcil[report]`` extra)."""
+    try:
+        from sklearn.manifold import TSNE  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    Symmetrised perplexity-calibrated affinities, Student-t similarities, gradient descent
-    with momentum (0.5, then 0.8) and learning rate max(N / 48, 50), early exaggeration x12 for
-    the first 100 iterations."""
-    x = x.astype(np.float64)
-    x = x - x.mean(axis=0)
-    n = len(x)
-    perplexity = min(perplexity, max((n - 1) / 3.0, 1.0))
-    p = _conditional_probabilities(_squared_distances(x, x), perplexity)
-    p = np.maximum((p + p.T) / (2.0 * n), 1e-12)
-    rng = np.random.default_rng(seed)
-    y = rng.normal(0.0, 1e-4, (n, 2))
-    velocity = np.zeros_like(y)
-    gains = np.ones_like(y)
-    learning_rate = max(n / 12.0 / 4.0, 50.0)  # scikit-learn's "auto" rule; large fixed rates throw points out
-    for it in range(iterations):
-        exaggeration = 12.0 if it < 100 else 1.0
-        num = 1.0 / (1.0 + _squared_distances(y, y))
-        np.fill_diagonal(num, 0.0)
-        q = np.maximum(num / num.sum(), 1e-12)
-        pq = (exaggeration * p - q) * num
-        gradient = 4.0 * ((np.diag(pq.sum(axis=1)) - pq) @ y)
-        momentum = 0.5 if it < 250 else 0.8
-        gains = np.where(np.sign(gradient) != np.sign(velocity), gains + 0.2, gains * 0.8).clip(0.01)
-        velocity = momentum * velocity - learning_rate * gains * gradient
-        y = y + velocity
-        y = y - y.mean(axis=0)
-    return y
+
+def tsne(x: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE map of ``x`` (N, D) by scikit-learn (``ImportError`` without it): PCA
+    initialisation, fixed ``random_state``, ``perplexity`` clipped to (N - 1) / 3 for small N."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(x, dtype=np.float64)
+    perplexity = min(perplexity, max((len(x) - 1) / 3.0, 1.0))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                random_state=seed).fit_transform(x)
 
 
 @dataclass
@@ -122,7 +97,7 @@ class TaskGap:
     mid_real_new: float
     mmd_real_synthetic: float
     mmd_real_new: float
-    embedding: np.ndarray  # (N, 2) t-SNE of [real old, synthetic, real new]
+    embedding: np.ndarray | None  # (N, 2) t-SNE of [real old, synthetic, real new]; None without scikit-learn
     sizes: tuple[int, int, int]
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,78 +109,146 @@ class TaskGap:
                 "images": {"real_old": self.sizes[0], "synthetic": self.sizes[1], "real_new": self.sizes[2]}}
 
 
-def _evenly(indices: np.ndarray, limit: int) -> np.ndarray:
-    if len(indices) <= limit:
-        return indices
-    return indices[np.linspace(0, len(indices) - 1, limit).round().astype(int)]
+def task_gap(features: GapFeatures, with_tsne: bool = True) -> TaskGap:
+    """MID, MMD (and the t-SNE map when ``with_tsne``) of one task's feature sets."""
+    real_old, synthetic, real_new = features.real_old, features.synthetic, features.real_new
+    return TaskGap(
+        task=features.task,
+        mid_real_synthetic=mid(real_old, synthetic),
+        mid_real_new=mid(real_old, real_new),
+        mmd_real_synthetic=mmd_unbiased(real_old, synthetic),
+        mmd_real_new=mmd_unbiased(real_old, real_new),
+        embedding=tsne(np.concatenate([real_old, synthetic, real_new])) if with_tsne else None,
+        sizes=features.sizes,
+    )
 
 
-@torch.no_grad()
-def _features(model: Any, images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    from dfcil.augment import Normalizer
+@dataclass
+class DomainGaps:
+    """The domain gaps of one run: the tasks that have them, and why the others do not."""
 
-    normalizer = Normalizer(tuple(mean), tuple(std), channels_last=False)  # type: ignore[arg-type]
-    model.eval()
-    out = []
-    for start in range(0, len(images), 250):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + 250]))
-        out.append(model.features(normalizer(batch)).float().numpy())
-    return np.concatenate(out)
+    gaps: list[TaskGap] = field(default_factory=list)
+    unavailable: dict[int, str] = field(default_factory=dict)  # task -> one-line reason
+
+    def unavailable_line(self) -> str | None:
+        """One line naming the tasks without a domain gap and why (None when every task has one)."""
+        if not self.unavailable:
+            return None
+        by_reason: dict[str, list[int]] = {}
+        for task, reason in sorted(self.unavailable.items()):
+            by_reason.setdefault(reason, []).append(task)
+        return "; ".join(f"task{'s' if len(tasks) > 1 else ''} {', '.join(map(str, tasks))}: {reason}"
+                         for reason, tasks in by_reason.items())
 
 
-def run_domain_gaps(run_dir: Path, config: dict[str, Any]) -> list[TaskGap]:
-    """Domain gaps of every task of ``run_dir`` with kept synthetic samples.
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
-    Raises :class:`DataError` when the run's dataset cannot be loaded (``DFCIL_DATA``) or a
-    needed file is missing; returns ``[]`` for a run without synthetic samples."""
-    samples = sorted(run_dir.glob("synthesis/task_*_samples.npz"))
-    if not samples:
-        return []
-    from dfcil.config import parse_config
-    from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
-    from dfcil.models import build_classifier
-    from dfcil.scenario import build_scenario
 
-    parsed = parse_config(config)
-    dataset = load_dataset(parsed.data.dataset, resolve_data_root(parsed.data.root), default_cache_dir(),
-                           image_size=parsed.data.image_size, progress=False)
-    scenario = build_scenario(parsed.scenario, dataset.num_classes)
-    positions = scenario.remap(dataset.test.labels)
-    gaps = []
-    for file in samples:
-        task = int(file.name.split("_")[1])
-        checkpoint = run_dir / "checkpoints" / f"task_{task}.pt"
-        if not checkpoint.exists() or task < 2:
-            continue
+class _Recomputer:
+    """The fallback for runs made before the features were written at training time: the
+    features recomputed from ``checkpoints/task_t.pt`` and the run's dataset (``DFCIL_DATA``),
+    loaded once, on first use."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self._loaded: tuple[Any, Any, Any, np.ndarray] | None = None
+        self._failure: DataError | None = None
+
+    def _load(self) -> tuple[Any, Any, Any, np.ndarray]:
+        if self._failure is not None:
+            raise self._failure
+        if self._loaded is None:
+            from dfcil.config import parse_config
+            from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
+            from dfcil.scenario import build_scenario
+
+            try:
+                parsed = parse_config(self.config)
+                dataset = load_dataset(parsed.data.dataset, resolve_data_root(parsed.data.root), default_cache_dir(),
+                                       image_size=parsed.data.image_size, progress=False)
+            except DfcilError as error:
+                self._failure = DataError(f"the dataset to recompute them cannot be loaded: {_one_line(error)}")
+                raise self._failure from None
+            scenario = build_scenario(parsed.scenario, dataset.num_classes)
+            self._loaded = (parsed, dataset, scenario, scenario.remap(dataset.test.labels))
+        return self._loaded
+
+    def features(self, task: int) -> GapFeatures:
+        """Task ``task``'s features from its checkpoint (``DataError`` when the dataset cannot
+        be loaded or a file cannot be read)."""
+        from dfcil.models import build_classifier
+
+        checkpoint = self.run_dir / "checkpoints" / f"task_{task}.pt"
+        samples = samples_path(self.run_dir, task)
+        parsed, dataset, scenario, positions = self._load()
         try:
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            with np.load(file) as data:
-                synthetic = data["images"]
+            with np.load(samples) as data:
+                synthetic, labels = data["images"], data["labels"]
+            model = build_classifier(parsed.model, saved["head_sizes"])
+            model.load_state_dict(saved["model"])
         except Exception as error:  # noqa: BLE001 - any damage is reported as one line
-            raise DataError(f"cannot read {file} or {checkpoint}: {' '.join(str(error).split())}") from None
-        model = build_classifier(parsed.model, saved["head_sizes"])
-        model.load_state_dict(saved["model"])
-        old_stop = scenario.tasks[task - 2].stop
-        new = scenario.tasks[task - 1]
-        real_old = _evenly(np.nonzero((positions >= 0) & (positions < old_stop))[0], MAX_REAL)
-        real_new = _evenly(np.nonzero((positions >= new.start) & (positions < new.stop))[0], MAX_REAL)
-        features = [_features(model, dataset.test.images[real_old], dataset.mean, dataset.std),
-                    _features(model, synthetic, dataset.mean, dataset.std),
-                    _features(model, dataset.test.images[real_new], dataset.mean, dataset.std)]
-        gaps.append(TaskGap(
-            task=task,
-            mid_real_synthetic=mid(features[0], features[1]),
-            mid_real_new=mid(features[0], features[2]),
-            mmd_real_synthetic=mmd_unbiased(features[0], features[1]),
-            mmd_real_new=mmd_unbiased(features[0], features[2]),
-            embedding=tsne(np.concatenate(features)),
-            sizes=(len(features[0]), len(features[1]), len(features[2])),
-        ))
-    return gaps
+            raise DataError(f"cannot recompute them from {samples.name} and {checkpoint.name}: "
+                            f"{_one_line(error)}") from None
+        current = scenario.tasks[task - 1]
+        return compute_gap_features(model, task, dataset.test.images, positions, current.start, current.stop,
+                                    synthetic, labels, dataset.mean, dataset.std)
+
+
+#: why a task has no features file (the same words for every task, so that one line names them all)
+STALE = "no features file (synthesis/task_t_features.npz: a run made before they were written at training time)"
+
+
+def _task_number(file: Path) -> int | None:
+    try:
+        return int(file.name.split("_")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def run_domain_gaps(run_dir: Path, config: dict[str, Any], with_tsne: bool = True) -> DomainGaps:
+    """Domain gaps of every task t >= 2 of ``run_dir`` with kept synthetic samples.
+
+    Reads ``synthesis/task_t_features.npz`` (written at training time: no dataset or checkpoint
+    needed). A run made before those files existed falls back to recomputing the features from
+    ``checkpoints/task_t.pt`` and the dataset; where either is missing (a suite's adopted copy, a
+    committed result in a fresh clone) the task is listed in ``unavailable`` with a one-line
+    reason. No t-SNE maps unless ``with_tsne`` (see :func:`tsne_available`)."""
+    synthesis = Path(run_dir) / "synthesis"
+    tasks = sorted({t for f in synthesis.glob("task_*_samples.npz") if (t := _task_number(f)) is not None and t >= 2}
+                   | {t for f in synthesis.glob("task_*_features.npz") if (t := _task_number(f)) is not None and t >= 2})
+    result = DomainGaps()
+    recomputer = _Recomputer(Path(run_dir), config)
+    for task in tasks:
+        path = features_path(run_dir, task)
+        try:
+            if path.exists():
+                try:
+                    features = GapFeatures.load(path)
+                except Exception as error:  # noqa: BLE001 - any damage is reported as one line
+                    raise DataError(f"cannot read {path.name}: {_one_line(error)}") from None
+            elif not (Path(run_dir) / "checkpoints" / f"task_{task}.pt").exists():
+                raise DataError(f"{STALE} and no checkpoint (checkpoints/task_t.pt) to recompute them from")
+            else:
+                try:
+                    features = recomputer.features(task)
+                except DataError as error:
+                    raise DataError(f"{STALE} and {error}") from None
+            if min(features.sizes) < 2:
+                raise DataError(f"too few images to compare (real old, synthetic, real new: {features.sizes})")
+            result.gaps.append(task_gap(features, with_tsne))
+        except DataError as error:
+            result.unavailable[task] = _one_line(error)
+    return result
 
 
 def plot_domain_gap(gap: TaskGap, title: str, path: Path) -> None:
-    """Scatter of the t-SNE map (real old / synthetic / real new), the figures in the title."""
+    """Scatter of the t-SNE map (real old / synthetic / real new), the figures in the title
+    (``ValueError`` for a gap without a map)."""
+    if gap.embedding is None:
+        raise ValueError(f"task {gap.task}: no t-SNE map to draw")
     from dfcil.report.plots import new_figure, save_figure, tight_layout
 
     figure = new_figure(6.5, 6.0)

@@ -115,6 +115,9 @@ def _run_section(report: Report, record: RunRecord, protocol: str) -> str:
                            "MMD² real old vs synthetic", "MMD² real old vs real new"),
                           [(str(g["task"]), str(g["mid_real_old_vs_synthetic"]), str(g["mid_real_old_vs_real_new"]),
                             str(g["mmd_real_old_vs_synthetic"]), str(g["mmd_real_old_vs_real_new"])) for g in gaps]))
+    note = report.domain_gap_notes.get(key)
+    if note:
+        out.append(f'<p class="muted">Domain gap unavailable for {_e(note)}</p>\n')
     out.append('<div class="plots">\n')
     captions = {"matrix": "accuracy matrix", "old_new": "old vs new accuracy", "synthesis": "synthetic samples",
                 **{f"domain_task{g['task']}": f"t-SNE of real and synthetic features, task {g['task']}" for g in gaps or []}}

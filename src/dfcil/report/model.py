@@ -53,3 +53,4 @@ class Report:
     run_plots: dict[str, dict[str, str]] = field(default_factory=dict)
     run_slugs: dict[str, str] = field(default_factory=dict)
     domain_gaps: dict[str, list[dict[str, object]]] = field(default_factory=dict)  # run path -> per task
+    domain_gap_notes: dict[str, str] = field(default_factory=dict)  # run path -> why some tasks have no gap
