@@ -69,13 +69,14 @@ def test_runs_on_a_fresh_machine_start_from_the_kept_first_task(tmp_path, monkey
     commands: list[list[str]] = []
     monkeypatch.setattr(subprocess, "run", lambda command, **_: commands.append(command) or
                         subprocess.CompletedProcess(command, 0))
-    assert campaign.run_campaign(tmp_path / "fresh", kept) == 0
-    assert all("--first-task-from" not in command for command in commands)  # nothing kept: train task 1
+    assert campaign.run_campaign(tmp_path / "fresh", kept, tmp_path / "nothing-carried") == 0
+    # nothing kept or carried: train task 1
+    assert all("--first-task-from" not in command and "--resume" not in command for command in commands)
     (kept / "checkpoints").mkdir(parents=True)
     for name in ("first_task.pt", "first_task.json"):
         (kept / "checkpoints" / name).write_text("x")
     commands.clear()
-    assert campaign.run_campaign(tmp_path / "fresher", kept) == 0
+    assert campaign.run_campaign(tmp_path / "fresher", kept, tmp_path / "nothing-carried") == 0
     assert [c[c.index("--first-task-from") + 1] for c in commands] == [str(kept)] * len(campaign.RUNS)
     assert all(c[:3] == ["nice", "-n", "19"] for c in commands)
 
