@@ -48,9 +48,12 @@ from dfcil.atomic import write_text
 from dfcil.config import config_to_dict, load_config
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.engine.trainer import SplitTensors, Trainer
+from dfcil.errors import DfcilError
 from dfcil.first_task import adopt_first_task
+from dfcil.methods import method_class
+from dfcil.methods.replay import SyntheticReplayMethod
 from dfcil.models import IncrementalClassifier
-from dfcil.synthesis.synthesizer import SyntheticBatch
+from dfcil.synthesis.synthesizer import SyntheticBatch, label_with_old_model
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the suite's mini budget of each method (suites/mini.yaml): the generator steps do not matter here
@@ -105,11 +108,7 @@ class RealReplay:
     @torch.no_grad()
     def sample(self, old_model: IncrementalClassifier, count: int, num_old: int) -> SyntheticBatch:
         """Real old-class images with the old model's argmax, logits and features (as synthetic ones)."""
-        images = self.generate(count)
-        with self.autocast():
-            out = old_model(images)
-        logits = out.logits[:, :num_old].float()
-        return SyntheticBatch(images, logits.argmax(dim=1), logits, out.features.float())
+        return label_with_old_model(old_model, self.generate(count), num_old, self.autocast)
 
     def save_grid(self, *args: Any, **kwargs: Any) -> None:
         """No grid: the images are the dataset's."""
@@ -142,14 +141,14 @@ def run_oracle(method: str, config_path: Path, overrides: list[str], run_dir: Pa
                first_task_from: Path | None, command: list[str]) -> dict[str, Any]:
     """Train ``method`` with :class:`RealReplay` into ``run_dir``; return its metrics."""
     config = load_config(config_path, [*METHOD_OVERRIDES.get(method, [f"method.name={method}"]), *overrides])
+    if not issubclass(method_class(config.method_name), SyntheticReplayMethod):
+        raise DfcilError(f"{method} has no synthesizer to replace (abd, rdfcil, deepinversion have one)")
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise SystemExit(f"replay_oracle: {run_dir} already holds files; choose another -o")
+        raise DfcilError(f"{run_dir} already holds files; choose another -o")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     write_text(run_dir / "oracle.json", json.dumps(_provenance(command), indent=2) + "\n")
     trainer = Trainer(config, run_dir, dataset)
-    if not hasattr(trainer.method, "synthesizer"):
-        raise SystemExit(f"replay_oracle: {method} has no synthesizer to replace")
     trainer.method.synthesizer = RealReplay(trainer.train_data, trainer.normalizer, trainer.device,  # type: ignore[attr-defined]
                                             trainer.env.autocast, config.seed)
     resume = adopt_first_task(first_task_from, trainer) if first_task_from is not None else None
@@ -164,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    command = sys.argv[1:] if argv is None else argv
+    try:
+        return _run(args, sys.argv[1:] if argv is None else argv)
+    except DfcilError as error:  # bad config, method or data: one line, exit 2
+        print(f"replay_oracle: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, command: list[str]) -> int:
     overrides = [f"seed={args.seed}", "runtime.progress=false", *args.overrides]
     probe = load_config(args.config, overrides)
     dataset = load_dataset(probe.data.dataset, resolve_data_root(probe.data.root), default_cache_dir(),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -125,3 +128,15 @@ def coloured_dataset(classes: int = 4, per_class: int = 24) -> DatasetArrays:
     split = ImageArrays(images, labels)
     return DatasetArrays(name="tiny", train=split, test=split, class_names=[f"c{i}" for i in range(classes)],
                          mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="synthetic")
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` as module ``name`` (registered in ``sys.modules``, where
+    dataclasses look their module up). Import it with ``from conftest import load_benchmark``."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,18 +15,11 @@ from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.trainer import Trainer
 from dfcil.first_task import CHECKPOINT, adopt_first_task, has_first_task
 
-from conftest import coloured_dataset
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "campaign.py"
+from conftest import coloured_dataset, load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("campaign", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("campaign")
 
 
 def _config(method: str):

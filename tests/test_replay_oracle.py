@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,18 +10,11 @@ import torch
 from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
 
-from conftest import coloured_dataset
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "replay_oracle.py"
+from conftest import coloured_dataset, load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("replay_oracle", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("replay_oracle")
 
 
 def _config(method: str):

@@ -118,6 +118,16 @@ class SyntheticBatch:
     old_features: torch.Tensor  # old model's penultimate features
 
 
+@torch.no_grad()
+def label_with_old_model(old_model: IncrementalClassifier, images: torch.Tensor, num_old: int,
+                         autocast: Callable[[], Any]) -> SyntheticBatch:
+    """``images`` with the old model's pseudo labels (argmax over the old classes), logits and features."""
+    with autocast():
+        out = old_model(images)
+    logits = out.logits[:, :num_old].float()
+    return SyntheticBatch(images, logits.argmax(dim=1), logits, out.features.float())
+
+
 class Synthesizer:
     """A model-inversion generator for the classes of the frozen old model."""
 
@@ -222,11 +232,7 @@ class Synthesizer:
     @torch.no_grad()
     def sample(self, old_model: IncrementalClassifier, count: int, num_old: int) -> SyntheticBatch:
         """Synthetic images plus the old model's pseudo labels, logits and features."""
-        images = self.generate(count)
-        with self.autocast():
-            out = old_model(images)
-        logits = out.logits[:, :num_old].float()
-        return SyntheticBatch(images, logits.argmax(dim=1), logits, out.features.float())
+        return label_with_old_model(old_model, self.generate(count), num_old, self.autocast)
 
     def discard(self) -> None:
         """Forget the generator (end of task), unless ``warm_start`` keeps it for the next one."""
