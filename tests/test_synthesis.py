@@ -200,20 +200,56 @@ def test_data_free_methods_end_to_end(method, cifar, tmp_path, capsys):
 
 
 def test_channels_last_generator_computes_the_same_images_and_gradients():
+    """Both layouts are compared with the exact (float64) answer; the channels_last error must be
+    of the order of the standard layout's own fp32 rounding error.
+
+    The tolerance comes from the numerics, not from one machine's run. A fixed 1e-4 bound on the
+    two layouts' gradient difference failed at 2.8e-4 under load, and the cause is not rounding:
+    the generator is piecewise linear (LeakyReLU), so its gradient jumps where a pre-activation
+    crosses 0, and among its ~400k pre-activations one often lies within fp32 rounding distance
+    of 0, where the two layouts (or thread counts) may round to different sides (measured: about
+    one draw of z in four, relative gradient errors up to 2e-3). So the test uses a z for which
+    both layouts and the exact computation take the same side of every kink; there the gradients
+    are continuous functions of the same arithmetic and must agree to rounding."""
+    torch.manual_seed(0)
     plain = build_generator(32)
     nhwc = build_generator(32, channels_last=True)
     nhwc.load_state_dict(plain.state_dict())  # same keys and values, NHWC memory kept
+    exact = build_generator(32).double()
+    exact.load_state_dict(plain.state_dict())
     assert nhwc.blocks[1].weight.is_contiguous(memory_format=torch.channels_last)
     assert list(nhwc.state_dict()) == list(plain.state_dict())
-    z = torch.randn(8, 1000)
-    outputs = []
-    for generator in (plain, nhwc):
+
+    def run(generator: torch.nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Images, the first convolution's weight gradient and the side of every LeakyReLU kink."""
+        sides: list[torch.Tensor] = []
+        hooks = [m.register_forward_pre_hook(lambda _, args: sides.append(args[0] > 0))
+                 for m in generator.modules() if isinstance(m, torch.nn.LeakyReLU)]
+        generator.zero_grad()
         generator.train()
         out = generator(z)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        outputs.append((out, generator.blocks[1].weight.grad))
-    (a, grad_a), (b, grad_b) = outputs
+        (out * torch.linspace(-1, 1, out.numel(), dtype=z.dtype).view_as(out)).sum().backward()
+        for hook in hooks:
+            hook.remove()
+        return out, generator.blocks[1].weight.grad.clone(), sides
+
+    for _ in range(40):
+        z = torch.randn(8, 1000)
+        (a, grad_a, sides_a), (b, grad_b, sides_b), (ref, grad_ref, sides_ref) = (
+            run(plain, z), run(nhwc, z), run(exact, z.double()))
+        if all(torch.equal(x, r) and torch.equal(y, r) for x, y, r in zip(sides_a, sides_b, sides_ref, strict=True)):
+            break
+    else:
+        pytest.fail("no z in 40 draws kept every pre-activation on the same side of 0 in both layouts")
     assert b.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    # gradients reach a few hundred here; summation order differs between layouts and thread counts
-    assert ((grad_a - grad_b).norm() / grad_a.norm()).item() < 1e-4
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # images are continuous: rounding only
+
+    def error(x: torch.Tensor, reference: torch.Tensor) -> float:
+        return ((x.double() - reference).norm() / reference.norm()).item()
+
+    # 8 fp32 epsilons (1e-6) floor a standard-layout error that happens to be tiny; 10x leaves room
+    # for a different, equally valid summation order (layout, thread count)
+    eps32 = torch.finfo(torch.float32).eps
+    for x, standard, reference in ((b, a, ref), (grad_b, grad_a, grad_ref)):
+        assert error(x, reference) <= max(10 * error(standard, reference), 8 * eps32), \
+            (error(x, reference), error(standard, reference))

@@ -149,7 +149,9 @@ class RuntimeConfig:
     """Options that do not change what is trained (excluded from the run fingerprint)."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_threads: int | None = None  # torch CPU threads; None = torch's default
+    # torch CPU threads: a count; auto = the cores other processes leave free, re-decided while
+    # training (dfcil.engine.threads; the last bits then depend on the load); None = torch's default
+    num_threads: int | Literal["auto"] | None = "auto"
     progress: bool = True  # console progress bars
     upper_bound: str | None = None  # metrics.json (or run dir) of a `joint` run -> omega
     # an epoch's checkpoint is skipped when the last one is younger than this (0: every epoch);
@@ -163,7 +165,8 @@ class RuntimeConfig:
             join(path, "device"),
             f"expected auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
-        require(self.num_threads is None or self.num_threads >= 1, join(path, "num_threads"), "must be >= 1")
+        require(self.num_threads in (None, "auto") or int(self.num_threads) >= 1, join(path, "num_threads"),
+                "must be >= 1 or auto")
         require(math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
                 join(path, "checkpoint_every_s"), "must be a number of seconds >= 0")
 

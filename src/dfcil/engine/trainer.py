@@ -40,6 +40,7 @@ from dfcil.engine.gap_features import write_task_features
 from dfcil.engine.results import RunResults, TaskEvaluation, evaluate_task
 from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
+from dfcil.engine.threads import ThreadPolicy
 from dfcil.errors import ConfigError, DataError, DfcilError
 from dfcil.first_task import first_task_identity, save_first_task
 from dfcil.methods import Batch, Method, Phase, RunEnv, method_class, parse_method_options
@@ -125,8 +126,8 @@ class Trainer:
         self.upper_bound = upper_bound
         self.dist = dist
         self.device = resolve_device(dist.device_name(config.runtime.device))
-        if config.runtime.num_threads:
-            torch.set_num_threads(config.runtime.num_threads)
+        self.threads = ThreadPolicy(config.runtime.num_threads)
+        self.threads.start()
         if self.device.type == "cuda":
             # every step has the same shapes: let cuDNN time its algorithms once and keep the fastest
             torch.backends.cudnn.benchmark = True
@@ -307,6 +308,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
+            self.threads.at_safe_point()  # runtime.num_threads auto: a clock read, a decision every few s
             n = len(index)
             images_seen += n
             loss_sum += total.detach() * n
@@ -457,6 +459,7 @@ class Trainer:
         last checkpoint is ``runtime.checkpoint_every_s`` old, so that a kill loses no more."""
         if self._preparing is None:
             return
+        self.threads.at_safe_point()
         if time.monotonic() - self._last_save >= self.config.runtime.checkpoint_every_s:
             base_wall, session_start = self._clock
             self.wall_time_s = base_wall + time.perf_counter() - session_start
@@ -551,7 +554,7 @@ class Trainer:
                     tick()
                     # the record first: a kill between the two leaves a record after the checkpoint,
                     # which a resume drops and redoes; the other way round it would lose the record
-                    self.log.append(_epoch_record(task, phase, phase_index, epoch, lr, stats))
+                    self.log.append(_epoch_record(task, phase, phase_index, epoch, lr, stats, self.threads.threads))
                     # a GPU trains an epoch in a second or two, and a data-free method's checkpoint
                     # (old model, generator) is tens of MB: not after every one of them
                     if (epoch == phase.epochs
@@ -594,7 +597,8 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _epoch_record(task: Task, phase: Phase, phase_index: int, epoch: int, lr: float, stats: EpochStats) -> dict[str, Any]:
+def _epoch_record(task: Task, phase: Phase, phase_index: int, epoch: int, lr: float, stats: EpochStats,
+                  threads: int) -> dict[str, Any]:
     return {
         "event": "epoch",
         "task": task.index + 1,
@@ -610,4 +614,5 @@ def _epoch_record(task: Task, phase: Phase, phase_index: int, epoch: int, lr: fl
         "images": stats.images,
         "time_s": round(stats.seconds, 4),
         "images_per_s": stats.images / max(stats.seconds, 1e-9),
+        "threads": threads,  # torch's CPU threads at the end of the epoch (runtime.num_threads)
     }
