@@ -5,15 +5,18 @@ in a barrier: every thread must finish its share before the next operator starts
 process holds one of the cores, the thread that shares that core gets it only every few
 milliseconds (the scheduler's time slice), and every barrier waits for it. A step of ResNet-32 is
 hundreds of operators, so the step pays hundreds of waits. Measured on a 2-core CPU (AMD EPYC,
-bf16 autocast, ResNet-32 training step; ``benchmarks/under_load.py``) with one CPU-bound process
-beside it:
+bf16 autocast, mini config's first task, 1000 images an epoch; ``benchmarks/under_load.py``, table
+in ``benchmarks/results/under_load.md``), epoch seconds quiet -> with one CPU-bound process beside:
 
-* batch 128: 2 threads 1108 ms a step against 630 ms for 1 thread (quiet: 321 and 537 ms);
-* batch 32: 2 threads 590 ms against 174 ms for 1 thread (quiet: 90 and 149 ms): the smaller
-  the operators, the larger the collapse (an earlier measurement on the smoke config's tiny
-  epochs saw 40-60x).
+* batch 32: 2 threads 4.47 -> 12.13 s (the same 3.2x when the process starts mid-run), 1 thread
+  5.18 -> 6.12 s, ``auto`` 3.78 -> 5.90 s (it chose 2 threads quiet, 1 loaded);
+* batch 128: 2 threads 2.85 -> 9.75 s, 1 thread 5.02 -> 5.17 s, ``auto`` 3.47 -> 5.29 s.
 
-``OMP_WAIT_POLICY=PASSIVE`` does not cure it (batch 32: 457 ms), because the waiting is for the
+The smaller the operators, the larger the collapse (an earlier measurement on the smoke config's
+tiny epochs saw 40-60x). A single ResNet-32 training step at batch 32 measured alone: 90 ms quiet
+with 2 threads, 590 ms loaded, 174 ms for 1 thread loaded.
+
+``OMP_WAIT_POLICY=PASSIVE`` does not cure it (that step: 457 ms), because the waiting is for the
 descheduled thread, not spinning. What does is to use no more threads than there are cores
 left free. ``auto`` measures, from ``/proc/stat`` and ``/proc/self/stat``, the CPU time the
 *other* processes of the machine used since the last measurement, and sets torch's threads to the
