@@ -23,14 +23,14 @@ from dfcil.data.stats import channel_stats
 from dfcil.errors import ConfigError, DataError
 from dfcil.methods import method_class
 from dfcil.models import IncrementalClassifier
-from dfcil.scenario import Scenario, Task
+from dfcil.scenario import scenario_from_sizes
 from dfcil.workflow.artifact import Architecture, InputSpec, LearningStep, ModelInfo
 from dfcil.workflow.folder import LabelledFolder, read_labelled_folder, report_skipped
 
 RECIPE = Path(__file__).with_name("recipe.yaml")
 #: Input sizes of a first model: the sizes the data-free methods' generators produce.
 IMAGE_SIZES = (32, 64, 224)
-#: Methods that need the earlier steps' images and so cannot add classes to a deployed model.
+#: The sections a recipe may have (a step's scenario is the model's heads plus the folder's classes).
 _RECIPE_SECTIONS = {"seed", "data", "model", "train", "method", "runtime"}
 _RECIPE_DATA_KEYS = {"crop_padding", "flip"}
 
@@ -101,14 +101,6 @@ def _step_dataset(folder: LabelledFolder, old_classes: list[str], input_spec: In
     )
 
 
-def _scenario(head_sizes: list[int], num_new: int) -> Scenario:
-    tasks, start = [], 0
-    for index, size in enumerate([*head_sizes, num_new]):
-        tasks.append(Task(index=index, start=start, stop=start + size))
-        start += size
-    return Scenario(order=list(range(start)), tasks=tasks)
-
-
 def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
                options: LearnOptions) -> StepResult:
     """Train a first model on the classes of ``data`` (``base`` None), or add them to ``base``.
@@ -143,7 +135,8 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
     else:
         input_spec = info.input
     dataset = _step_dataset(folder, old_classes, input_spec)
-    scenario = _scenario(head_sizes, len(folder.class_names))
+    # one task per earlier step (the model's heads, no data), then the folder's classes
+    scenario = scenario_from_sizes([*head_sizes, len(folder.class_names)])
     config = parse_config(apply_overrides(config_to_dict(config), [f"runtime.progress={str(options.progress).lower()}"]))
     started = time.perf_counter()
     scratch = (contextlib.nullcontext(str(options.workdir)) if options.workdir is not None
