@@ -18,11 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
+from dfcil.data.registry import DatasetName, class_count
 from dfcil.errors import ConfigError
 from dfcil.schema import from_dict, join, require, to_dict
 from dfcil.yamlio import load_file, safe_load
-
-DatasetName = Literal["cifar100", "imagefolder", "tiny_imagenet", "imagenet100"]
 
 
 @dataclass(frozen=True)
@@ -250,9 +249,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def parse_config(data: dict[str, Any]) -> Config:
     """Validate a raw dict and return the typed :class:`Config` (checks the split as well)."""
     config = from_dict(Config, data)
-    from dfcil.scenario import KNOWN_CLASS_COUNTS, check_split
+    from dfcil.scenario import check_split
 
-    check_split(config.scenario, KNOWN_CLASS_COUNTS.get(config.data.dataset))
+    check_split(config.scenario, class_count(config.data.dataset))
     return config
 
 

@@ -22,7 +22,6 @@ from dfcil.config import ScenarioConfig
 from dfcil.errors import ConfigError
 
 DEFAULT_ORDER_SEEDS = {"abd": 0, "icarl": 1993}
-KNOWN_CLASS_COUNTS = {"cifar100": 100, "tiny_imagenet": 200, "imagenet100": 100}
 
 
 def class_order(config: ScenarioConfig, num_classes: int) -> list[int]:

@@ -41,11 +41,12 @@ from typing import Any
 
 from dfcil.atomic import write_json
 from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
+from dfcil.data.registry import class_count
 from dfcil.errors import ConfigError
 from dfcil.first_task import first_task_identity, has_first_task
 from dfcil.methods import METHODS
 from dfcil.runlock import is_run_locked
-from dfcil.scenario import KNOWN_CLASS_COUNTS, build_scenario
+from dfcil.scenario import build_scenario
 from dfcil.yamlio import load_file
 
 SUITE_FILE = "suite.json"
@@ -69,7 +70,7 @@ class SuiteRun:
         as a string: runs with equal keys train the same first task."""
         config = parse_config(apply_overrides(load_yaml_tree(self.config), list(self.overrides)))
         classes = None
-        count = KNOWN_CLASS_COUNTS.get(config.data.dataset)
+        count = class_count(config.data.dataset)
         if count is not None:
             scenario = build_scenario(config.scenario, count)
             classes = scenario.order[scenario.tasks[0].start : scenario.tasks[0].stop]
