@@ -240,7 +240,7 @@ def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "joint"])
+    parser.add_argument("--methods", nargs="+", default=[m for m, cls in METHODS.items() if not cls.upper_bound])
     parser.add_argument("--task", type=int, default=2, help="the task whose step is measured (1-based, default 2)")
     parser.add_argument("--generator-steps", type=int, default=11, help="generator steps timed per method")
     parser.add_argument("--peak-gflops", type=float,
