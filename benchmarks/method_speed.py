@@ -49,10 +49,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfcil.atomic import write_json, write_text
-from dfcil.config import load_config
 from dfcil.data import DatasetArrays, ImageArrays
 from dfcil.engine.trainer import Trainer, resolve_device
 from dfcil.errors import DfcilError
+from dfcil.experiment import Experiment, load_experiment
 from dfcil.methods import METHODS
 from dfcil.precision import resolve_precision
 from dfcil.run import git_commit, machine_description
@@ -117,8 +117,8 @@ def measured_peaks(dtype: torch.dtype, device: torch.device) -> dict[str, float]
     return results
 
 
-def config_for(method: str, generator_steps: int, extra: tuple[str, ...] = ()) -> Any:
-    """The mini config for ``method`` with a short generator budget (and ``extra`` overrides)."""
+def config_for(method: str, generator_steps: int, extra: tuple[str, ...] = ()) -> Experiment:
+    """The mini experiment for ``method`` with a short generator budget (and ``extra`` overrides)."""
     overrides = [f"method.name={method}", "runtime.progress=false", *extra]
     section = GENERATOR_SECTIONS.get(method)
     if section == "synthesis":
@@ -130,7 +130,7 @@ def config_for(method: str, generator_steps: int, extra: tuple[str, ...] = ()) -
     elif section == "delegator":
         overrides += [f"method.delegator.iterations={generator_steps}", "method.delegator.batch_size=128",
                       "method.delegator_check=false"]
-    return load_config(ROOT / "configs" / "mini.yaml", overrides)
+    return load_experiment(ROOT / "configs" / "mini.yaml", overrides)
 
 
 def reach_task(trainer: Trainer, task_index: int) -> None:
@@ -240,7 +240,7 @@ def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "joint"])
+    parser.add_argument("--methods", nargs="+", default=[m for m, cls in METHODS.items() if not cls.upper_bound])
     parser.add_argument("--task", type=int, default=2, help="the task whose step is measured (1-based, default 2)")
     parser.add_argument("--generator-steps", type=int, default=11, help="generator steps timed per method")
     parser.add_argument("--peak-gflops", type=float,
@@ -264,7 +264,7 @@ def main() -> int:
     dataset = random_dataset()
     extra = tuple(args.overrides)
     try:
-        probe = config_for("finetune", 1, extra)
+        probe = config_for("finetune", 1, extra).config
     except DfcilError as error:
         parser.error(str(error))
     device = resolve_device(probe.runtime.device)

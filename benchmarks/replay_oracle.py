@@ -45,12 +45,12 @@ import torch
 import yaml
 
 from dfcil.atomic import write_text
-from dfcil.config import config_to_dict, load_config
+from dfcil.config import config_to_dict
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.engine.trainer import SplitTensors, Trainer
 from dfcil.errors import DfcilError
+from dfcil.experiment import load_experiment
 from dfcil.first_task import adopt_first_task
-from dfcil.methods import method_class
 from dfcil.methods.replay import SyntheticReplayMethod
 from dfcil.models import IncrementalClassifier
 from dfcil.synthesis.synthesizer import SyntheticBatch, label_with_old_model
@@ -140,15 +140,16 @@ def _provenance(command: list[str]) -> dict[str, Any]:
 def run_oracle(method: str, config_path: Path, overrides: list[str], run_dir: Path, dataset: Any,
                first_task_from: Path | None, command: list[str]) -> dict[str, Any]:
     """Train ``method`` with :class:`RealReplay` into ``run_dir``; return its metrics."""
-    config = load_config(config_path, [*METHOD_OVERRIDES.get(method, [f"method.name={method}"]), *overrides])
-    if not issubclass(method_class(config.method_name), SyntheticReplayMethod):
+    experiment = load_experiment(config_path, [*METHOD_OVERRIDES.get(method, [f"method.name={method}"]), *overrides])
+    config = experiment.config
+    if not issubclass(experiment.method, SyntheticReplayMethod):
         raise DfcilError(f"{method} has no synthesizer to replace (abd, rdfcil, deepinversion have one)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise DfcilError(f"{run_dir} already holds files; choose another -o")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     write_text(run_dir / "oracle.json", json.dumps(_provenance(command), indent=2) + "\n")
-    trainer = Trainer(config, run_dir, dataset)
+    trainer = Trainer(experiment, run_dir, dataset)
     trainer.method.synthesizer = RealReplay(trainer.train_data, trainer.normalizer, trainer.device,  # type: ignore[attr-defined]
                                             trainer.env.autocast, config.seed)
     resume = adopt_first_task(first_task_from, trainer) if first_task_from is not None else None
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, command: list[str]) -> int:
     overrides = [f"seed={args.seed}", "runtime.progress=false", *args.overrides]
-    probe = load_config(args.config, overrides)
+    probe = load_experiment(args.config, overrides).config
     dataset = load_dataset(probe.data.dataset, resolve_data_root(probe.data.root), default_cache_dir(),
                            image_size=probe.data.image_size, progress=False)
     donor: Path | None = None

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dfcil.atomic import write_json, write_text
-from dfcil.config import load_config
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.engine.evaluate import predict_logits
 from dfcil.engine.trainer import Trainer
+from dfcil.experiment import load_experiment
 from dfcil.methods import Phase
 from dfcil.models import IncrementalClassifier, build_backbone
 from dfcil.run import git_commit, machine_description
@@ -102,12 +102,13 @@ def per_sample_run(dataset, limit: int, workers: int, bf16: bool, channels_last:
 
 def engine_run(config_path: Path, dataset, run_dir: Path, extra: list[str] = (), warmup: bool = False) -> tuple[dict, dict]:
     """One full finetune epoch of the engine over all CIFAR-100 training images, then evaluation."""
-    config = load_config(
+    experiment = load_experiment(
         config_path,
         ["scenario.num_tasks=1", "scenario.subset=null", "train.epochs=1", "runtime.progress=false",
          "method.name=finetune", *extra],
     )
-    trainer = Trainer(config, run_dir, dataset)
+    config = experiment.config
+    trainer = Trainer(experiment, run_dir, dataset)
     task = trainer.scenario.tasks[0]
     trainer.model.add_head(task.num_new)
     phase = Phase.main(config.train)

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from dfcil.atomic import write_text
-from dfcil.config import config_to_dict, parse_config
+from dfcil.config import config_to_dict
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.trainer import Trainer
+from dfcil.experiment import parse_experiment
 from dfcil.first_task import CHECKPOINT, adopt_first_task, has_first_task
 
 from conftest import coloured_dataset, load_benchmark
@@ -24,7 +25,7 @@ def load_script():
 
 def _config(method: str):
     extra = {"synthesis": {"steps": 2, "batch_size": 8, "log_every": 1}, "refine_epochs": 1} if method == "rdfcil" else {}
-    return parse_config({
+    return parse_experiment({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
         "train": {"epochs": 1, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],
@@ -87,18 +88,19 @@ class KilledInTheFirstTask(Trainer):
 
 def test_a_first_task_carried_to_a_fresh_machine_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
     campaign = load_script()
-    tree = config_to_dict(_config("rdfcil"))
+    tree = config_to_dict(_config("rdfcil").config)
     # a checkpoint at every epoch (the campaign's: every 30 s)
-    config = parse_config({**tree, "train": {**tree["train"], "epochs": 2},
+    experiment = parse_experiment({**tree, "train": {**tree["train"], "epochs": 2},
                            "runtime": {**tree["runtime"], "checkpoint_every_s": 0}})
     kept, carried = tmp_path / "repo" / "first-task-s0", tmp_path / "repo" / "first-task-in-progress"
     name = campaign.RUNS[0][0]
-    expected = Trainer(config, tmp_path / "reference", coloured_dataset()).run()
+    config = experiment.config
+    expected = Trainer(experiment, tmp_path / "reference", coloured_dataset()).run()
 
     old_root = tmp_path / "session-1"
     assert campaign.carry_first_task(old_root, carried, kept) is None  # no run yet: nothing to carry
     with pytest.raises(Killed):
-        KilledInTheFirstTask(config, old_root / name, coloured_dataset()).run()
+        KilledInTheFirstTask(experiment, old_root / name, coloured_dataset()).run()
     write_text(old_root / name / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     assert campaign.carry_first_task(old_root, carried, kept) == carried
     assert (carried / "checkpoints" / "last.pt").read_bytes() == (old_root / name / "checkpoints" / "last.pt").read_bytes()
@@ -112,7 +114,7 @@ def test_a_first_task_carried_to_a_fresh_machine_ends_as_an_uninterrupted_one(tm
     assert commands[0][commands[0].index("--resume") + 1] == str(new_root / name)
     checkpoint = ckpt.load(new_root / name, config)
     assert checkpoint is not None and checkpoint.position.task == 0 and checkpoint.position.epoch == 1
-    metrics = Trainer(config, new_root / name, coloured_dataset()).run(resume=checkpoint)
+    metrics = Trainer(experiment, new_root / name, coloured_dataset()).run(resume=checkpoint)
     assert {k: v for k, v in metrics.items() if k != "wall_time_s"} == \
         {k: v for k, v in expected.items() if k != "wall_time_s"}
 

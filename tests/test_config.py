@@ -1,18 +1,20 @@
-"""Config loading: extends, --set overrides, strict keys, types and ranges, split checks."""
+"""Config loading: extends, --set overrides, strict keys, types and ranges; resolving: method
+options and split checks."""
 
 from pathlib import Path
 
 import pytest
 
-from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
+from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree
 from dfcil.errors import ConfigError
+from dfcil.experiment import load_experiment, parse_experiment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_shipped_configs_are_valid():
     for path in sorted(CONFIGS.rglob("*.yaml")):
-        config = load_config(path)
+        config = load_experiment(path).config
         assert config.train.epochs >= 1, path
 
 
@@ -27,7 +29,7 @@ def test_extends_and_overrides():
 def test_switching_method_drops_other_options():
     data = apply_overrides({"method": {"name": "lwf", "temperature": 3.0}}, ["method.name=finetune"])
     assert data["method"] == {"name": "finetune"}
-    parse_config(data)
+    parse_experiment(data)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +55,7 @@ def test_switching_method_drops_other_options():
 )
 def test_bad_values_are_rejected_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
-        load_config(CONFIGS / "cifar100" / "base.yaml", overrides)
+        load_experiment(CONFIGS / "cifar100" / "base.yaml", overrides)
 
 
 def test_set_requires_key_value():

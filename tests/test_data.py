@@ -26,6 +26,7 @@ from dfcil.data import (
 from dfcil.data import cifar100 as cifar_module
 from dfcil.data.cifar100 import CIFAR100_CLASSES
 from dfcil.data.images import Geometry, decode_image
+from dfcil.data.registry import class_count
 from dfcil.errors import DataError
 
 REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100-jpg.tar.gz"
@@ -217,6 +218,16 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert default_cache_dir() == tmp_path
     monkeypatch.delenv("DFCIL_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "dfcil"
+
+
+def test_every_dataset_has_its_facts_in_the_registry() -> None:
+    from typing import get_args, get_type_hints
+
+    from dfcil.config import DataConfig
+
+    assert get_args(get_type_hints(DataConfig)["dataset"]) == DATASETS  # the names a config accepts
+    assert {name: class_count(name) for name in DATASETS} == {
+        "cifar100": 100, "imagefolder": None, "tiny_imagenet": 200, "imagenet100": 100}
 
 
 def test_bad_arguments(tmp_path: Path, cifar_pickles: Path) -> None:

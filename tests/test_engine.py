@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dfcil.config import parse_config
 from dfcil.data import DatasetArrays
 from dfcil.engine.trainer import Trainer
+from dfcil.experiment import parse_experiment
 from dfcil.hooks import BatchNormInputs
 from dfcil.losses import cross_entropy_seen
 from dfcil.methods import Batch, Loss, Method, Phase, StepResult
@@ -24,7 +24,7 @@ def tiny_dataset(classes: int = 4, per_class: int = 16) -> DatasetArrays:
 
 
 def tiny_config(runtime: dict | None = None, **train):
-    return parse_config(
+    return parse_experiment(
         {
             "data": {"dataset": "imagefolder"},
             "scenario": {"order": "identity", "num_tasks": 2},
@@ -185,7 +185,7 @@ def test_first_per_class_keeps_the_first_n_of_each_label():
 
 
 def test_train_per_class_caps_training_images_only(tmp_path):
-    config = parse_config(
+    config = parse_experiment(
         {
             "data": {"dataset": "imagefolder", "train_per_class": 5},
             "scenario": {"order": "identity", "num_tasks": 2},
@@ -304,7 +304,7 @@ def test_log_truncation_keeps_a_phase_eval_only_before_its_phase_is_redone(tmp_p
 
 
 def test_progress_into_a_file_is_one_line_per_epoch_and_per_generator_window(tmp_path, capsys):
-    config = parse_config({
+    config = parse_experiment({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dfcil.cli import main
-from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
 from dfcil.errors import RunDirError
+from dfcil.experiment import parse_experiment
 from dfcil.first_task import adopt_first_task, first_difference, first_task_identity, has_first_task
 
 from conftest import coloured_dataset
@@ -29,7 +29,7 @@ METHODS = {
 
 
 def _config(method: str, **train: object):
-    return parse_config({
+    return parse_experiment({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
         "train": {"epochs": 1, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],

@@ -15,6 +15,7 @@ import yaml
 from dfcil.config import parse_config
 from dfcil.engine.gap_features import GapFeatures, compute_gap_features, evenly, features_path, select_real
 from dfcil.engine.trainer import Trainer
+from dfcil.experiment import parse_experiment
 from dfcil.models import build_classifier
 from dfcil.report import build_report
 from dfcil.report.domain_gap import TSNE_MISSING, task_gap
@@ -33,7 +34,7 @@ RAW_CONFIG = {
 
 
 def _train(run_dir: Path) -> dict:
-    metrics = Trainer(parse_config(RAW_CONFIG), run_dir, coloured_dataset()).run()
+    metrics = Trainer(parse_experiment(RAW_CONFIG), run_dir, coloured_dataset()).run()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(RAW_CONFIG))
     return metrics
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dfcil.cli import main
-from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
+from dfcil.experiment import parse_experiment
 from dfcil.hooks import BatchNormInput
 from dfcil.methods.mfgr import generated_batch_size, inheritance_weight
 from dfcil.synthesis.dafl_losses import (
@@ -94,7 +94,7 @@ def test_inheritance_weight_and_generated_batch():
 
 def test_ablation_switches_zero_their_terms(tmp_path):
     def method_for(**options):
-        config = parse_config({
+        config = parse_experiment({
             "data": {"dataset": "imagefolder"},
             "scenario": {"order": "identity", "num_tasks": 2},
             "train": {"epochs": 1, "batch_size": 16, "precision": "fp32"},
@@ -151,7 +151,7 @@ def test_mfgr_end_to_end(cifar, tmp_path, capsys):
 
 def test_without_generative_replay_it_is_lwf_with_local_ce_and_mfgr_weights(tmp_path):
     """MFGR's ablation row "LwF" (its Table 2): no generator, (1 - lambda4) local CE + lambda4 l_nkd."""
-    config = parse_config({
+    config = parse_experiment({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
         "train": {"epochs": 1, "batch_size": 16, "precision": "fp32", "schedule": "constant", "milestones": []},
@@ -168,4 +168,4 @@ def test_without_generative_replay_it_is_lwf_with_local_ce_and_mfgr_weights(tmp_
     assert set(epoch["losses"]) == {"local_ce", "real_kd"}
     assert epoch["weights"] == pytest.approx({"local_ce": 1 - lam, "real_kd": lam})
     with pytest.raises(Exception, match="real_kd"):
-        parse_config({"method": {"name": "mfgr", "generative_replay": False, "real_kd": False}})
+        parse_experiment({"method": {"name": "mfgr", "generative_replay": False, "real_kd": False}})

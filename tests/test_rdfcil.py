@@ -12,8 +12,8 @@ import torch
 
 import dfcil.losses as losses_module
 from dfcil.cli import main
-from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
+from dfcil.experiment import parse_experiment
 from dfcil.losses import angle_relation_distillation, angle_relations
 from dfcil.methods.rdfcil import (
     RDFCIL,
@@ -168,7 +168,7 @@ class StageSpy(RDFCIL):
 
 
 def test_stage_b_changes_only_the_heads(tmp_path):
-    config = parse_config({
+    config = parse_experiment({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],
@@ -210,7 +210,7 @@ def test_stage_b_changes_only_the_heads(tmp_path):
 
 def test_ablation_switches(tmp_path):
     def method_for(**options):
-        config = parse_config({
+        config = parse_experiment({
             "data": {"dataset": "imagefolder"},
             "scenario": {"order": "identity", "num_tasks": 2},
             "train": {"epochs": 1, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": []},

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from dfcil.config import parse_config
 from dfcil.engine.trainer import Trainer
+from dfcil.experiment import parse_experiment
 
 from conftest import coloured_dataset, load_benchmark
 
@@ -18,7 +18,7 @@ def load_script():
 
 
 def _config(method: str):
-    return parse_config({
+    return parse_experiment({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
         "train": {"epochs": 1, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],

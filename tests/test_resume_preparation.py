@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dfcil.config import parse_config
 from dfcil.engine import checkpoint as ckpt
 from dfcil.engine.trainer import Trainer
+from dfcil.experiment import parse_experiment
 
 from conftest import coloured_dataset
 
@@ -25,7 +25,7 @@ KILL_AT = 3  # generator steps done in task 2 when the run is killed
 
 
 def _config(method: str, epochs: int = 1, options: dict | None = None):
-    return parse_config({
+    return parse_experiment({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
         "train": {"epochs": epochs, "batch_size": 16, "lr": 0.05, "schedule": "multistep", "milestones": [1],
@@ -55,18 +55,19 @@ def _without_times(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in timed} for r in records]
 
 
-def _kill_and_resume(config, killed: type[Trainer], tmp_path) -> tuple[ckpt.Checkpoint, Trainer]:
-    """Run ``config`` uninterrupted and as ``killed`` (which raises Killed), resume the latter
+def _kill_and_resume(experiment, killed: type[Trainer], tmp_path) -> tuple[ckpt.Checkpoint, Trainer]:
+    """Run ``experiment`` uninterrupted and as ``killed`` (which raises Killed), resume the latter
     from its checkpoint in a fresh Trainer, and check that both end identically: the whole
     metrics.json (diagnostics too), every weight and the log (timings aside)."""
-    reference = Trainer(config, tmp_path / "reference", coloured_dataset())
+    config = experiment.config
+    reference = Trainer(experiment, tmp_path / "reference", coloured_dataset())
     expected = reference.run()
     run_dir = tmp_path / "killed"
     with pytest.raises(Killed):
-        killed(config, run_dir, coloured_dataset()).run()
+        killed(experiment, run_dir, coloured_dataset()).run()
     checkpoint = ckpt.load(run_dir, config)
     assert checkpoint is not None
-    resumed = Trainer(config, run_dir, coloured_dataset())
+    resumed = Trainer(experiment, run_dir, coloured_dataset())
     metrics = resumed.run(resume=checkpoint)
     assert _without_wall_time(metrics) == _without_wall_time(expected)
     final, reference_weights = resumed.model.state_dict(), reference.model.state_dict()

@@ -5,7 +5,7 @@ import pytest
 
 from dfcil.config import ScenarioConfig
 from dfcil.errors import ConfigError
-from dfcil.scenario import build_scenario, class_order
+from dfcil.scenario import Task, build_scenario, class_order, scenario_from_sizes
 
 
 @pytest.mark.parametrize("seed, start", [(0, [23, 8, 11, 7, 48]), (1, [53, 37, 65, 51, 4]), (2, [0, 76, 61, 63, 1])])
@@ -57,3 +57,12 @@ def test_subset_and_remap():
 def test_impossible_splits(kwargs, classes, message):
     with pytest.raises(ConfigError, match=message):
         build_scenario(ScenarioConfig(**kwargs), classes)
+
+
+def test_a_scenario_from_class_sizes():
+    scenario = scenario_from_sizes([3, 2, 4])
+    assert scenario.order == list(range(9)) and scenario.offsets == [0, 3, 5, 9]
+    assert scenario.tasks[1] == Task(index=1, start=3, stop=5)
+    assert scenario_from_sizes([2, 1], [7, 3, 5]).order == [7, 3, 5]
+    with pytest.raises(ValueError, match="2 classes in the order, 3 in the tasks"):
+        scenario_from_sizes([2, 1], [7, 3])

@@ -109,15 +109,15 @@ def _run(args: argparse.Namespace) -> int:
         raise DfcilError("--resume RUN_DIR and -o name different directories")
     if args.resume is not None and args.first_task_from is not None:
         raise DfcilError("--first-task-from starts a new run; a resumed run keeps the first task it has")
-    config, run_dir, checkpoint = prepare(args.config, args.output, args.overrides, args.resume)
+    experiment, run_dir, checkpoint = prepare(args.config, args.output, args.overrides, args.resume)
     if args.first_task_from is not None:
         check_first_task_donor(args.first_task_from)
     # under torchrun every process gets here before any of them writes (the group's rendezvous)
-    dist = Distributed.from_environment(config.runtime.device)
+    dist = Distributed.from_environment(experiment.config.runtime.device)
     try:
         run_dir = dist.broadcast_object(run_dir)  # one directory even if the ranks' clocks differ
         try:
-            metrics = execute(config, run_dir, checkpoint, dist, first_task_from=args.first_task_from)
+            metrics = execute(experiment, run_dir, checkpoint, dist, first_task_from=args.first_task_from)
         except KeyboardInterrupt:
             raise Interrupted(f"continue with `dfcil run --resume {run_dir}`") from None
         dist.barrier()  # every rank done before the group is torn down (gloo can abort otherwise)

@@ -1,9 +1,12 @@
 """Experiment configuration: YAML files with ``extends``, dotted ``--set`` overrides, strict checks.
 
-A config is validated completely (unknown keys, types, ranges, impossible splits, method
-options) before any data is read or any model is built. The ``runtime`` section holds options
-that never change what is trained (device, threads, progress bars, the upper-bound run used for
-Omega); everything else is part of the run's fingerprint, which ``--resume`` checks.
+This module is data and YAML plumbing only: the typed sections, their value ranges, merging and
+overrides, and the fingerprint. It knows no method and no scenario: the ``method`` section stays
+a mapping here, and :func:`dfcil.experiment.resolve` turns a config into its method, the method's
+typed options and its scenario (checking both), once, before any data is read or any model is
+built. The ``runtime`` section holds options that never change what is trained (device, threads,
+progress bars, the upper-bound run used for Omega); everything else is part of the run's
+fingerprint, which ``--resume`` checks.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ from typing import Any, Literal
 
 import yaml
 
+from dfcil.data.registry import DatasetName
 from dfcil.errors import ConfigError
 from dfcil.schema import from_dict, join, require, to_dict
 from dfcil.yamlio import load_file, safe_load
-
-DatasetName = Literal["cifar100", "imagefolder", "tiny_imagenet", "imagenet100"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class ScenarioConfig:
     base_classes: int = 0
 
     def validate(self, path: str) -> None:
-        """Check values that do not depend on the dataset (the rest: :mod:`dfcil.scenario`)."""
+        """Check values that do not depend on the dataset (the split: :func:`dfcil.scenario.check_split`)."""
         require(self.num_tasks >= 1, join(path, "num_tasks"), "must be >= 1")
         require(self.base_classes >= 0, join(path, "base_classes"), "must be >= 0")
         require(self.subset is None or self.subset >= 1, join(path, "subset"), "must be >= 1")
@@ -173,7 +175,8 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole experiment. ``method`` holds ``name`` plus that method's own options."""
+    """A whole experiment. ``method`` holds ``name`` plus that method's own options (checked by
+    :func:`dfcil.experiment.resolve`, which knows the methods)."""
 
     seed: int = 0  # weight initialisation, sampling and augmentation (not the class order)
     data: DataConfig = field(default_factory=DataConfig)
@@ -182,12 +185,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-
-    def validate(self, path: str) -> None:
-        """Check the method section: a known name and options its method accepts."""
-        from dfcil.methods import parse_method_options
-
-        parse_method_options(self.method)
 
     @property
     def method_name(self) -> str:
@@ -251,16 +248,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def parse_config(data: dict[str, Any]) -> Config:
-    """Validate a raw dict and return the typed :class:`Config` (checks the split as well)."""
-    config = from_dict(Config, data)
-    from dfcil.scenario import KNOWN_CLASS_COUNTS, check_split
+    """The typed :class:`Config` of a raw dict: unknown keys, types and value ranges checked.
 
-    check_split(config.scenario, KNOWN_CLASS_COUNTS.get(config.data.dataset))
-    return config
+    The method section's options and the split are not checked here: that is
+    :func:`dfcil.experiment.resolve` (or :func:`dfcil.experiment.parse_experiment`, both at once)."""
+    return from_dict(Config, data)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load, merge, override and validate a config file."""
+    """Load, merge and override a config file, then :func:`parse_config` it."""
     return parse_config(apply_overrides(load_yaml_tree(path), overrides or []))
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfcil.atomic import write_json
-from dfcil.config import Config, config_to_dict, first_difference, without_runtime  # noqa: F401 - first_difference re-exported
+from dfcil.config import config_to_dict, first_difference, without_runtime  # noqa: F401 - first_difference re-exported
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import RunDirError
-from dfcil.methods import method_class
+from dfcil.experiment import Experiment
 
 if TYPE_CHECKING:
     from dfcil.engine.trainer import Trainer
@@ -34,13 +34,14 @@ CHECKPOINT = Path("checkpoints") / "first_task.pt"
 RECORD = Path("checkpoints") / "first_task.json"
 
 
-def first_task_identity(config: Config, first_task_classes: list[int] | None) -> dict[str, Any]:
+def first_task_identity(experiment: Experiment, first_task_classes: list[int] | None) -> dict[str, Any]:
     """Everything that determines a run's first task (``runtime`` excluded, as for resumes).
 
     ``first_task_classes`` are the dataset labels of task 1 in class order; where they are not
     known (no data loaded, a dataset of unknown size) the whole ``scenario`` section stands in
     for them, which only matches runs of the same scenario. A method whose first task is plain CE
     contributes only that fact; any other method contributes its whole section."""
+    config = experiment.config
     data = config_to_dict(config)
     model = {**data["model"], "network_revision": config.model.network_revision}
     identity: dict[str, Any] = {"seed": data["seed"], "data": data["data"], "model": model, "train": data["train"]}
@@ -48,7 +49,7 @@ def first_task_identity(config: Config, first_task_classes: list[int] | None) ->
         identity["scenario"] = data["scenario"]
     else:
         identity["first_task_classes"] = [int(label) for label in first_task_classes]
-    identity["method"] = "plain CE" if method_class(config.method_name).plain_first_task else data["method"]
+    identity["method"] = "plain CE" if experiment.method.plain_first_task else data["method"]
     return identity
 
 

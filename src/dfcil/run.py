@@ -18,24 +18,16 @@ import yaml
 
 from dfcil import __version__
 from dfcil.atomic import write_json, write_text
-from dfcil.config import (
-    Config,
-    apply_overrides,
-    config_to_dict,
-    fingerprint,
-    first_difference,
-    load_config,
-    load_yaml_tree,
-    parse_config,
-    without_runtime,
-)
+from dfcil.config import Config, apply_overrides, config_to_dict, fingerprint, first_difference, without_runtime
 from dfcil.data import data_root, default_cache_dir, load_dataset
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import ConfigError, RunDirError
+from dfcil.experiment import Experiment, load_experiment, parse_experiment
 from dfcil.methods import METHODS
 from dfcil.precision import fast_bf16_available
 from dfcil.runlock import hold_run_lock
+from dfcil.scenario import Scenario
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -116,31 +108,32 @@ def load_upper_bound(path: str | None) -> dict[str, Any] | None:
 
 def prepare(
     config_path: Path | None, run_dir: Path | None, overrides: list[str], resume: Path | None
-) -> tuple[Config, Path, ckpt.Checkpoint | None]:
-    """Resolve the config and run directory of ``dfcil run``; refuse mismatched resumes."""
+) -> tuple[Experiment, Path, ckpt.Checkpoint | None]:
+    """Resolve the experiment and run directory of ``dfcil run``; refuse mismatched resumes."""
     if resume is not None:
         saved_file = resume / CONFIG_FILE
         if not saved_file.exists():
             raise RunDirError(f"{resume} is not a dfcil run directory (no {CONFIG_FILE})")
-        saved = parse_config(load_yaml_tree(saved_file))
+        saved = load_experiment(saved_file).config  # checked whole, as the requested one
         if config_path is not None:
-            config = load_config(config_path, overrides)
+            experiment = load_experiment(config_path, overrides)
         else:
-            config = parse_config(apply_overrides(config_to_dict(saved), overrides))
+            experiment = parse_experiment(apply_overrides(config_to_dict(saved), overrides))
+        config = experiment.config
         if fingerprint(config) != fingerprint(saved):
             diff = first_difference(without_runtime(saved), without_runtime(config), ("in the run directory", "requested"))
             raise RunDirError(f"refusing to resume {resume} with a different config ({diff})")
-        return config, resume, ckpt.load(resume, config)
+        return experiment, resume, ckpt.load(resume, config)
     if config_path is None:
         raise ConfigError("dfcil run: give a CONFIG file or --resume RUN_DIR")
-    config = load_config(config_path, overrides)
-    run_dir = run_dir or default_run_dir(config_path, config)
+    experiment = load_experiment(config_path, overrides)
+    run_dir = run_dir or default_run_dir(config_path, experiment.config)
     if (run_dir / CONFIG_FILE).exists():
         raise RunDirError(f"{run_dir} already holds a run: continue it with `dfcil run --resume {run_dir}` or choose another -o")
-    return config, run_dir, None
+    return experiment, run_dir, None
 
 
-def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None,
+def execute(experiment: Experiment, run_dir: Path, checkpoint: ckpt.Checkpoint | None,
             dist: Distributed = SINGLE, first_task_from: Path | None = None) -> dict[str, Any]:
     """Load data, write the run's config and provenance, train, and return the metrics.
 
@@ -152,16 +145,17 @@ def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None,
     (:mod:`dfcil.runlock`) throughout: a second process on the same directory stops at once."""
     if dist.is_main:
         with hold_run_lock(run_dir):
-            return _execute(config, run_dir, checkpoint, dist, first_task_from)
+            return _execute(experiment, run_dir, checkpoint, dist, first_task_from)
     with tempfile.TemporaryDirectory(prefix=f"dfcil-rank{dist.rank}-") as scratch:
-        return _execute(config, Path(scratch), checkpoint, dist, first_task_from)
+        return _execute(experiment, Path(scratch), checkpoint, dist, first_task_from)
 
 
-def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, dist: Distributed,
+def _execute(experiment: Experiment, run_dir: Path, checkpoint: ckpt.Checkpoint | None, dist: Distributed,
              first_task_from: Path | None = None) -> dict[str, Any]:
     from dfcil.engine.trainer import Trainer
     from dfcil.first_task import adopt_first_task
 
+    config = experiment.config
     metrics_file = run_dir / "metrics.json"
     if checkpoint is not None and metrics_file.exists():
         done = json.loads(metrics_file.read_text())
@@ -184,7 +178,12 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
     dist.barrier()
     if dataset is None:
         dataset = load()
-    trainer = Trainer(config, run_dir, dataset, upper_bound=_upper_accuracies(upper, config, dataset), dist=dist)
+    scenario: Scenario | None = None  # None: the engine takes the experiment's over the data
+    upper_bound: list[float] | None = None
+    if upper is not None:  # checked against the scenario over the data before the engine starts
+        scenario = experiment.scenario_for(dataset.num_classes)
+        upper_bound = _upper_accuracies(upper, scenario)
+    trainer = Trainer(experiment, run_dir, dataset, upper_bound=upper_bound, scenario=scenario, dist=dist)
     adopted = False
     if checkpoint is None and first_task_from is not None:
         checkpoint = adopt_first_task(first_task_from, trainer)
@@ -231,12 +230,8 @@ def _sessions(run_file: Path) -> list[dict[str, Any]]:
     return json.loads(run_file.read_text()).get("sessions", [])
 
 
-def _upper_accuracies(upper: dict[str, Any] | None, config: Config, dataset: Any) -> list[float] | None:
-    if upper is None:
-        return None
-    from dfcil.scenario import build_scenario
-
-    scenario = build_scenario(config.scenario, dataset.num_classes)
+def _upper_accuracies(upper: dict[str, Any], scenario: Scenario) -> list[float]:
+    """The upper bound's accuracy after each task, checked to be over ``scenario``'s order and split."""
     tasks = [scenario.order[t.start : t.stop] for t in scenario.tasks]
     if upper.get("class_order") != scenario.order or upper.get("tasks") != tasks:
         raise ConfigError("runtime.upper_bound: that joint run used a different class order or split")

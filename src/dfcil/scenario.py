@@ -13,6 +13,7 @@ Labels are remapped to positions in the order, so task ``t`` owns the contiguous
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,6 @@ from dfcil.config import ScenarioConfig
 from dfcil.errors import ConfigError
 
 DEFAULT_ORDER_SEEDS = {"abd": 0, "icarl": 1993}
-KNOWN_CLASS_COUNTS = {"cifar100": 100, "tiny_imagenet": 200, "imagenet100": 100}
 
 
 def class_order(config: ScenarioConfig, num_classes: int) -> list[int]:
@@ -138,15 +138,22 @@ class Scenario:
         return lookup[labels]
 
 
+def scenario_from_sizes(sizes: Sequence[int], order: Sequence[int] | None = None) -> Scenario:
+    """The scenario whose tasks have ``sizes`` classes, in turn, over ``order`` (the original
+    class of each label position; default: the identity order of ``sum(sizes)`` classes)."""
+    tasks, start = [], 0
+    for index, size in enumerate(sizes):
+        tasks.append(Task(index=index, start=start, stop=start + size))
+        start += size
+    if order is not None and len(order) != start:
+        raise ValueError(f"{len(order)} classes in the order, {start} in the tasks")
+    return Scenario(order=list(range(start)) if order is None else list(order), tasks=tasks)
+
+
 def build_scenario(config: ScenarioConfig, num_classes: int) -> Scenario:
     """Resolve order, subset and split for a dataset with ``num_classes`` classes."""
     check_split(config, num_classes)
     order = class_order(config, num_classes)
     if config.subset is not None:
         order = order[: config.subset]
-    sizes = task_sizes(config, len(order))
-    tasks, start = [], 0
-    for index, size in enumerate(sizes):
-        tasks.append(Task(index=index, start=start, stop=start + size))
-        start += size
-    return Scenario(order=order, tasks=tasks)
+    return scenario_from_sizes(task_sizes(config, len(order)), order)

@@ -40,12 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from dfcil.atomic import write_json
-from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, parse_config
+from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree
 from dfcil.errors import ConfigError
+from dfcil.experiment import Experiment, parse_experiment
 from dfcil.first_task import first_task_identity, has_first_task
-from dfcil.methods import METHODS
 from dfcil.runlock import is_run_locked
-from dfcil.scenario import KNOWN_CLASS_COUNTS, build_scenario
 from dfcil.yamlio import load_file
 
 SUITE_FILE = "suite.json"
@@ -59,27 +58,21 @@ class SuiteRun:
     labels: dict[str, str]  # axis -> label
     config: Path
     overrides: tuple[str, ...]
+    experiment: Experiment = field(compare=False, repr=False)  # config + overrides, resolved
 
     def fingerprint(self) -> str:
         """The fingerprint of this run's resolved config (what is trained, not ``runtime``)."""
-        return fingerprint(parse_config(apply_overrides(load_yaml_tree(self.config), list(self.overrides))))
+        return fingerprint(self.experiment.config)
 
     def first_task_key(self) -> str:
         """What determines this run's first task (:func:`dfcil.first_task.first_task_identity`),
         as a string: runs with equal keys train the same first task."""
-        config = parse_config(apply_overrides(load_yaml_tree(self.config), list(self.overrides)))
-        classes = None
-        count = KNOWN_CLASS_COUNTS.get(config.data.dataset)
-        if count is not None:
-            scenario = build_scenario(config.scenario, count)
-            classes = scenario.order[scenario.tasks[0].start : scenario.tasks[0].stop]
-        return json.dumps(first_task_identity(config, classes), sort_keys=True)
+        return json.dumps(first_task_identity(self.experiment, self.experiment.first_task_classes()), sort_keys=True)
 
     @property
     def is_joint(self) -> bool:
         """Whether this run is the offline upper bound (its method says so: ``Method.upper_bound``)."""
-        names = [item.split("=", 1)[1] for item in self.overrides if item.startswith("method.name=")]
-        return bool(names) and names[-1] in METHODS and METHODS[names[-1]].upper_bound
+        return self.experiment.method.upper_bound
 
 
 @dataclass
@@ -162,7 +155,7 @@ def load_suite(path: Path) -> Suite:
         for key, value in shared.items():
             candidate = apply_overrides(raw, [*overrides, f"{key}={_format(value)}"])
             try:
-                parse_config(candidate)
+                parse_experiment(candidate)
             except ConfigError:
                 if key.startswith("method."):
                     continue
@@ -170,10 +163,10 @@ def load_suite(path: Path) -> Suite:
             overrides += (f"{key}={_format(value)}",)
             used_shared.add(key)
         try:
-            parse_config(apply_overrides(raw, list(overrides)))
+            experiment = parse_experiment(apply_overrides(raw, list(overrides)))
         except ConfigError as error:
             raise ConfigError(f"{path}: run {name} ({method}): {error}") from None
-        suite.runs.append(SuiteRun(name, labels, config.resolve(), overrides))
+        suite.runs.append(SuiteRun(name, labels, config.resolve(), overrides, experiment))
     unused = sorted(set(shared) - used_shared)
     if unused:
         raise ConfigError(f"{path}: set: '{unused[0]}' is accepted by none of the suite's runs")

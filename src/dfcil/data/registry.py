@@ -1,10 +1,16 @@
-"""The dataset registry and :func:`load_dataset`, the one entry point the engine calls."""
+"""The dataset registry and :func:`load_dataset`, the one entry point the engine calls.
+
+Every fact about a dataset lives here: its name (``data.dataset`` in a config), its number of
+classes where that is fixed (a scenario is resolved from it before any image is read), its
+default image size and normalisation, and the module that finds and decodes it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Literal, get_args
 
 from dfcil.data import cifar100, imagefolder, imagenet100, tiny_imagenet
 from dfcil.data.arrays import DatasetArrays, Source
@@ -15,6 +21,10 @@ from dfcil.errors import DataError
 
 Triple = tuple[float, float, float]
 
+#: The datasets a config can name (``data.dataset``), in the order they are listed to users.
+DatasetName = Literal["cifar100", "imagefolder", "tiny_imagenet", "imagenet100"]
+DATASETS: tuple[DatasetName, ...] = get_args(DatasetName)
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -22,10 +32,12 @@ class DatasetSpec:
 
     ``module`` provides ``locate(root, *, download, progress) -> Source`` and
     ``decode(source, geometry, allocate, progress) -> DecodedSplits``; it is looked up at
-    call time so tests can patch it.
+    call time so tests can patch it. ``num_classes`` is None where the data decides it (a
+    folder of class folders).
     """
 
     module: ModuleType
+    num_classes: int | None
     default_size: int
     imagenet_crop: bool
     mean: Triple | None
@@ -36,23 +48,26 @@ class DatasetSpec:
         return Geometry.imagenet(size) if self.imagenet_crop else Geometry.square(size)
 
 
-_SPECS: dict[str, DatasetSpec] = {
-    "cifar100": DatasetSpec(cifar100, cifar100.IMAGE_SIZE, False, cifar100.MEAN, cifar100.STD,
-                            fixed_size=cifar100.IMAGE_SIZE),
-    "imagefolder": DatasetSpec(imagefolder, imagefolder.DEFAULT_IMAGE_SIZE, False, None, None),
-    "tiny_imagenet": DatasetSpec(tiny_imagenet, tiny_imagenet.DEFAULT_IMAGE_SIZE, False,
+_SPECS: dict[str, DatasetSpec] = {  # keyed by every name of DATASETS
+    "cifar100": DatasetSpec(cifar100, len(cifar100.CIFAR100_CLASSES), cifar100.IMAGE_SIZE, False,
+                            cifar100.MEAN, cifar100.STD, fixed_size=cifar100.IMAGE_SIZE),
+    "imagefolder": DatasetSpec(imagefolder, None, imagefolder.DEFAULT_IMAGE_SIZE, False, None, None),
+    "tiny_imagenet": DatasetSpec(tiny_imagenet, 200, tiny_imagenet.DEFAULT_IMAGE_SIZE, False,
                                  tiny_imagenet.MEAN, tiny_imagenet.STD),
-    "imagenet100": DatasetSpec(imagenet100, imagenet100.DEFAULT_IMAGE_SIZE, True,
+    "imagenet100": DatasetSpec(imagenet100, imagenet100.NUM_CLASSES, imagenet100.DEFAULT_IMAGE_SIZE, True,
                                imagenet100.MEAN, imagenet100.STD),
 }
-
-DATASETS: tuple[str, ...] = ("cifar100", "imagefolder", "tiny_imagenet", "imagenet100")
 
 
 def _spec(name: str) -> DatasetSpec:
     if name not in _SPECS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return _SPECS[name]
+
+
+def class_count(name: DatasetName) -> int | None:
+    """Number of classes of dataset ``name``; None where only its data can tell (``imagefolder``)."""
+    return _SPECS[name].num_classes
 
 
 def _image_size(name: str, spec: DatasetSpec, image_size: int | None) -> int:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from dfcil.atomic import write_json
 from dfcil.augment import Normalizer, TrainAugment
-from dfcil.config import Config, without_runtime
+from dfcil.config import without_runtime
 from dfcil.data import DatasetArrays
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
@@ -42,12 +42,13 @@ from dfcil.engine.rng import capture, restore, seed_everything
 from dfcil.engine.store import ImageStore, index_batches, num_batches
 from dfcil.engine.threads import ThreadPolicy
 from dfcil.errors import ConfigError, DataError, DfcilError
+from dfcil.experiment import Experiment
 from dfcil.first_task import first_task_identity, save_first_task
-from dfcil.methods import Batch, Method, Phase, RunEnv, method_class, parse_method_options
+from dfcil.methods import Batch, Method, Phase, RunEnv
 from dfcil.models import IncrementalClassifier, build_classifier
 from dfcil.precision import resolve_precision
 from dfcil.runlog import RunLog
-from dfcil.scenario import Scenario, Task, build_scenario
+from dfcil.scenario import Scenario, Task
 
 
 def rank_seed(seed: int, rank: int, salt: int = 0) -> int:
@@ -113,13 +114,17 @@ class EpochStats:
 class Trainer:
     """Runs one experiment into one run directory (see module docstring)."""
 
-    def __init__(self, config: Config, run_dir: Path, dataset: DatasetArrays, upper_bound: list[float] | None = None,
-                 scenario: Scenario | None = None, start_task: int = 0, dist: Distributed = SINGLE):
-        """``scenario`` replaces the one built from ``config.scenario`` (any task sizes);
-        ``start_task`` > 0 trains from that task on, starting from the model given to
-        :meth:`load_model` (the earlier tasks' classes need no images: data-free steps).
-        ``dist``: this process's rank in a torchrun run (see :mod:`dfcil.distributed`); ranks
-        other than 0 should get a scratch ``run_dir`` and write no checkpoints or metrics."""
+    def __init__(self, experiment: Experiment, run_dir: Path, dataset: DatasetArrays,
+                 upper_bound: list[float] | None = None, scenario: Scenario | None = None, start_task: int = 0,
+                 dist: Distributed = SINGLE):
+        """``experiment``: the resolved config (:func:`dfcil.experiment.resolve`); ``scenario``
+        replaces its scenario over ``dataset`` (any task sizes); ``start_task`` > 0 trains from that
+        task on, starting from the model given to :meth:`load_model` (the earlier tasks' classes
+        need no images: data-free steps). ``dist``: this process's rank in a torchrun run (see
+        :mod:`dfcil.distributed`); ranks other than 0 should get a scratch ``run_dir`` and write no
+        checkpoints or metrics."""
+        config = experiment.config
+        self.experiment = experiment
         self.config = config
         self.run_dir = run_dir
         self.dataset = dataset
@@ -132,7 +137,7 @@ class Trainer:
             # every step has the same shapes: let cuDNN time its algorithms once and keep the fastest
             torch.backends.cudnn.benchmark = True
         seed_everything(config.seed)
-        self.scenario = scenario if scenario is not None else build_scenario(config.scenario, dataset.num_classes)
+        self.scenario = scenario if scenario is not None else experiment.scenario_for(dataset.num_classes)
         if not 0 <= start_task < len(self.scenario.tasks):
             raise ConfigError(f"start task {start_task} is outside the scenario's {len(self.scenario.tasks)} tasks")
         self.start_task = start_task
@@ -168,8 +173,7 @@ class Trainer:
             dist=dist,
             prepare_progress=self._prepare_progress,
         )
-        options = parse_method_options(config.method)
-        self.method: Method = method_class(config.method_name)(options, self.env)
+        self.method: Method = experiment.build_method(self.env)
         self.model = self.make_model([])
         self.results = RunResults()
         self.wall_time_s = 0.0
@@ -215,7 +219,7 @@ class Trainer:
     def first_task_identity(self) -> dict[str, Any]:
         """What determines this run's first task (:func:`dfcil.first_task.first_task_identity`)."""
         first = self.scenario.tasks[0]
-        return first_task_identity(self.config, self.scenario.order[first.start : first.stop])
+        return first_task_identity(self.experiment, self.scenario.order[first.start : first.stop])
 
     def _generators(self) -> dict[str, torch.Generator]:
         generators = {"sample": self.sample_generator}

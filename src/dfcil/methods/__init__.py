@@ -60,8 +60,9 @@ def method_class(name: str) -> type[Method]:
         raise ConfigError(f"method.name: unknown method {name!r} (known: {', '.join(METHODS)})") from None
 
 
-def parse_method_options(section: Mapping[str, Any]) -> Any:
-    """Validate the ``method`` config section and return the method's typed options."""
+def resolve_method(section: Mapping[str, Any]) -> tuple[type[Method], Any]:
+    """The method a ``method`` config section names and its typed options (an instance of the
+    method's ``Options``), validated: a one-line :class:`ConfigError` otherwise."""
     if not isinstance(section, Mapping) or "name" not in section:
         raise ConfigError("method.name: required (run `dfcil methods` for the list)")
     name = section["name"]
@@ -69,7 +70,7 @@ def parse_method_options(section: Mapping[str, Any]) -> Any:
         raise ConfigError(f"method.name: expected a string, got {name!r}")
     cls = method_class(name)
     options = {k: v for k, v in section.items() if k != "name"}
-    return from_dict(cls.Options, options, "method")
+    return cls, from_dict(cls.Options, options, "method")
 
 
 __all__ = [
@@ -82,5 +83,5 @@ __all__ = [
     "RunEnv",
     "StepResult",
     "method_class",
-    "parse_method_options",
+    "resolve_method",
 ]

@@ -160,18 +160,18 @@ class _Recomputer:
         if self._failure is not None:
             raise self._failure
         if self._loaded is None:
-            from dfcil.config import parse_config
             from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
-            from dfcil.scenario import build_scenario
+            from dfcil.experiment import parse_experiment
 
             try:
-                parsed = parse_config(self.config)
+                experiment = parse_experiment(self.config)
+                parsed = experiment.config
                 dataset = load_dataset(parsed.data.dataset, resolve_data_root(parsed.data.root), default_cache_dir(),
                                        image_size=parsed.data.image_size, progress=False)
             except DfcilError as error:
                 self._failure = DataError(f"the dataset to recompute them cannot be loaded: {_one_line(error)}")
                 raise self._failure from None
-            scenario = build_scenario(parsed.scenario, dataset.num_classes)
+            scenario = experiment.scenario_for(dataset.num_classes)
             self._loaded = (parsed, dataset, scenario, scenario.remap(dataset.test.labels))
         return self._loaded
 

@@ -13,24 +13,24 @@ import contextlib
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dfcil.config import Config, apply_overrides, config_to_dict, load_yaml_tree, parse_config
+from dfcil.config import apply_overrides, load_yaml_tree
 from dfcil.data.arrays import DatasetArrays, ImageArrays
 from dfcil.data.stats import channel_stats
 from dfcil.errors import ConfigError, DataError
-from dfcil.methods import method_class
+from dfcil.experiment import Experiment, parse_experiment
 from dfcil.models import IncrementalClassifier
-from dfcil.scenario import Scenario, Task
+from dfcil.scenario import scenario_from_sizes
 from dfcil.workflow.artifact import Architecture, InputSpec, LearningStep, ModelInfo
 from dfcil.workflow.folder import LabelledFolder, read_labelled_folder, report_skipped
 
 RECIPE = Path(__file__).with_name("recipe.yaml")
 #: Input sizes of a first model: the sizes the data-free methods' generators produce.
 IMAGE_SIZES = (32, 64, 224)
-#: Methods that need the earlier steps' images and so cannot add classes to a deployed model.
+#: The sections a recipe may have (a step's scenario is the model's heads plus the folder's classes).
 _RECIPE_SECTIONS = {"seed", "data", "model", "train", "method", "runtime"}
 _RECIPE_DATA_KEYS = {"crop_padding", "flip"}
 
@@ -58,8 +58,8 @@ class StepResult:
     step: LearningStep
 
 
-def build_config(options: LearnOptions, image_size: int, architecture: Architecture | None) -> Config:
-    """The experiment config of one step: the recipe, the method choice and overrides, with
+def build_experiment(options: LearnOptions, image_size: int, architecture: Architecture | None) -> Experiment:
+    """The resolved experiment of one step: the recipe, the method choice and overrides, with
     the data section fixed to the folder and (for ``--from``) the model's architecture."""
     if architecture is not None and any(item.strip().startswith("model.") for item in options.overrides):
         raise ConfigError("model.*: the architecture of an existing model is fixed; it cannot be overridden")
@@ -84,8 +84,7 @@ def build_config(options: LearnOptions, image_size: int, architecture: Architect
         raw["model"] = architecture.to_config()
     elif image_size > 64 and "backbone" not in (raw.get("model") or {}):
         raw.setdefault("model", {})["backbone"] = "resnet18"
-    config = parse_config(raw)
-    return config
+    return parse_experiment(raw)
 
 
 def _step_dataset(folder: LabelledFolder, old_classes: list[str], input_spec: InputSpec) -> DatasetArrays:
@@ -99,14 +98,6 @@ def _step_dataset(folder: LabelledFolder, old_classes: list[str], input_spec: In
         std=input_spec.std,
         source="imagefolder",
     )
-
-
-def _scenario(head_sizes: list[int], num_new: int) -> Scenario:
-    tasks, start = [], 0
-    for index, size in enumerate([*head_sizes, num_new]):
-        tasks.append(Task(index=index, start=start, stop=start + size))
-        start += size
-    return Scenario(order=list(range(start)), tasks=tasks)
 
 
 def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
@@ -123,8 +114,9 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
         raise ConfigError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))} "
                           f"(the sizes the data-free methods' generators produce), got {options.image_size}")
     image_size = options.image_size if info is None else info.input.size
-    config = build_config(options, image_size, None if info is None else info.architecture)
-    if info is not None and method_class(config.method_name).needs_old_data:
+    experiment = build_experiment(options, image_size, None if info is None else info.architecture)
+    config = experiment.config
+    if info is not None and experiment.method.needs_old_data:
         raise ConfigError(f"method {config.method_name!r} needs the earlier classes' images; "
                           f"choose a data-free method (e.g. rdfcil, abd, skd, mfgr) or lwf / finetune")
     if info is not None:
@@ -143,14 +135,16 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
     else:
         input_spec = info.input
     dataset = _step_dataset(folder, old_classes, input_spec)
-    scenario = _scenario(head_sizes, len(folder.class_names))
-    config = parse_config(apply_overrides(config_to_dict(config), [f"runtime.progress={str(options.progress).lower()}"]))
+    # one task per earlier step (the model's heads, no data), then the folder's classes
+    scenario = scenario_from_sizes([*head_sizes, len(folder.class_names)])
+    experiment = experiment.with_runtime(replace(config.runtime, progress=options.progress))
+    config = experiment.config
     started = time.perf_counter()
     scratch = (contextlib.nullcontext(str(options.workdir)) if options.workdir is not None
                else tempfile.TemporaryDirectory(prefix="dfcil-learn-"))
     with scratch as workdir_name:
         workdir = Path(workdir_name)
-        trainer = Trainer(config, workdir, dataset, scenario=scenario, start_task=len(head_sizes))
+        trainer = Trainer(experiment, workdir, dataset, scenario=scenario, start_task=len(head_sizes))
         if model is not None:
             trainer.load_model(head_sizes, model.state_dict())
         trainer.run()
