@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dfcil.console import console_logging
 from dfcil.data import (
     DATASETS,
     DatasetArrays,
@@ -304,7 +305,8 @@ def test_second_load_hits_cache(folder_tree: Path, tmp_path: Path, monkeypatch: 
         raise AssertionError("decoded although a valid cache exists")
 
     monkeypatch.setattr(Image, "open", no_decoding)
-    second = load_dataset("imagefolder", folder_tree, tmp_path / "cache", image_size=16, progress=False)
+    with console_logging():  # a warning would show on stderr, as on the command line
+        second = load_dataset("imagefolder", folder_tree, tmp_path / "cache", image_size=16, progress=False)
     assert_same(first, second)
     assert second.mean == first.mean and second.std == first.std
     assert capsys.readouterr().err == ""
@@ -347,11 +349,12 @@ def test_damaged_cache_is_rebuilt(folder_tree: Path, tmp_path: Path, damage: str
     else:
         (entry / "manifest.json").write_text("{not json")
     capsys.readouterr()
-    rebuilt = load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "rebuilding" in err[0] and str(entry) in err[0], err
-    assert_same(first, rebuilt)
-    load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
+    with console_logging():  # warnings on stderr, as on the command line
+        rebuilt = load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "rebuilding" in err[0] and str(entry) in err[0], err
+        assert_same(first, rebuilt)
+        load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
     assert capsys.readouterr().err == ""
 
 
@@ -379,7 +382,8 @@ def test_large_arrays_are_memory_mapped(folder_tree: Path, tmp_path: Path,
     target = entry / "train_images.npy"
     target.write_bytes(target.read_bytes()[:-1] + b"\x01")  # same size, last byte changed
     capsys.readouterr()
-    load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
+    with console_logging():  # warnings on stderr, as on the command line
+        load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
     assert "rebuilding" in capsys.readouterr().err
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shlex
@@ -39,6 +40,8 @@ from dfcil.runlock import hold_run_lock
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
+
+logger = logging.getLogger(__name__)
 
 
 def git_commit(path: Path) -> str | None:
@@ -166,7 +169,7 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
     if checkpoint is not None and metrics_file.exists():
         done = json.loads(metrics_file.read_text())
         if done.get("complete"):
-            print(f"[dfcil] {run_dir} is already complete", file=sys.stderr)
+            logger.info("%s is already complete", run_dir)
             return done
     upper = load_upper_bound(config.runtime.upper_bound)
     root, default_root = data_root(config.data.root)
@@ -219,8 +222,7 @@ def _execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None, 
             "wall_time_s": checkpoint.wall_time_s,
         }
     write_json(run_file, {"fingerprint": fingerprint(config), "sessions": sessions})
-    print(f"[dfcil] {'resuming' if checkpoint is not None and not adopted else 'run directory'} {run_dir}",
-          file=sys.stderr, flush=True)
+    logger.info("%s %s", "resuming" if checkpoint is not None and not adopted else "run directory", run_dir)
     return trainer.run(resume=checkpoint)
 
 

@@ -3,7 +3,7 @@
 ``<cache_dir>/datasets/<name>-<hash>/`` holds ``{train,test}_{images,labels}.npy`` and a
 manifest written LAST, so a half-built entry has no manifest. Every load re-checks the
 manifest against the files (existence, byte size, checksum, shape, dtype, label range); any
-mismatch prints one warning line to stderr and the entry is rebuilt.
+mismatch logs one warning (``dfcil`` logger) and the entry is rebuilt.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,6 +42,8 @@ CHECKSUM_FIELDS = {
 
 Triple = tuple[float, float, float]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class CacheKey:
@@ -68,7 +70,7 @@ class _Invalid(Exception):
 
 
 def _warn(message: str) -> None:
-    print(f"dfcil: warning: {message}", file=sys.stderr, flush=True)
+    logger.warning("warning: %s", message)
 
 
 def _triple(value: Any, field: str) -> Triple:

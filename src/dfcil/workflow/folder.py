@@ -10,8 +10,8 @@ with a dot are ignored.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,8 @@ import numpy as np
 from dfcil.data.images import Geometry, decode_image
 from dfcil.data.parallel import num_workers
 from dfcil.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 #: Extensions of files treated as images (any case).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -92,14 +94,14 @@ def decode_paths(paths: list[Path], geometry: Geometry, strict: bool = False) ->
 
 
 def report_skipped(skipped: list[Skipped], limit: int = 20) -> None:
-    """Print the skipped files on stderr (the first ``limit`` of them)."""
+    """Log the skipped files as warnings, one per line (the first ``limit`` of them)."""
     if not skipped:
         return
-    print(f"[dfcil] skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
+    logger.warning("skipped %d unreadable file(s):", len(skipped))
     for item in skipped[:limit]:
-        print(f"[dfcil]   {item.reason}", file=sys.stderr)
+        logger.warning("  %s", item.reason)
     if len(skipped) > limit:
-        print(f"[dfcil]   ... and {len(skipped) - limit} more", file=sys.stderr)
+        logger.warning("  ... and %d more", len(skipped) - limit)
 
 
 @dataclass

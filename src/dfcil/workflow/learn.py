@@ -10,7 +10,7 @@ the ``seed``, ``data`` augmentation, ``model``, ``train``, ``method`` and ``runt
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +26,8 @@ from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Scenario, Task
 from dfcil.workflow.artifact import Architecture, InputSpec, LearningStep, ModelInfo
 from dfcil.workflow.folder import LabelledFolder, read_labelled_folder, report_skipped
+
+logger = logging.getLogger(__name__)
 
 RECIPE = Path(__file__).with_name("recipe.yaml")
 #: Input sizes of a first model: the sizes the data-free methods' generators produce.
@@ -185,8 +187,8 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
         head_sizes=list(trained.head_sizes),
         history=([] if info is None else list(info.history)) + [step],
     )
-    print(f"[dfcil] learned {len(new_names)} class(es) in {seconds:.0f} s: held-out accuracy "
-          f"{evaluation.accuracy:.2f} % on them", file=sys.stderr)
+    logger.info("learned %d class(es) in %.0f s: held-out accuracy %.2f %% on them",
+             len(new_names), seconds, evaluation.accuracy)
     return StepResult(new_info, trained, step)
 
 
