@@ -30,7 +30,9 @@ try:  # POSIX only; elsewhere concurrent builders are simply not serialised
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-FORMAT_VERSION = 1
+# 2: image trees are read with the whole IMAGE_EXTENSIONS set (.bmp, .webp, ... besides .jpg
+# and .png): an entry of version 1 may lack a tree's images of those formats, so it is not used
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 #: Arrays bigger than this are written and loaded as memory maps instead of held in RAM.

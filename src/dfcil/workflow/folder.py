@@ -18,19 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dfcil.data.images import Geometry, decode_image
+from dfcil.data.images import Geometry, decode_image, is_image_name
 from dfcil.data.parallel import num_workers
 from dfcil.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-#: Extensions of files treated as images (any case).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
-
 
 def is_image_file(path: Path) -> bool:
-    """A visible regular file with an image extension."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    """A visible regular file with an image extension (:data:`dfcil.data.images.IMAGE_EXTENSIONS`)."""
+    return is_image_name(path.name) and path.is_file()
 
 
 @dataclass
@@ -171,7 +168,7 @@ def collect_image_paths(items: list[Path]) -> list[Path]:
         if item.is_dir():
             found = sorted(Path(d) / f for d, _, files in os.walk(item) for f in files
                            if not any(part.startswith(".") for part in (Path(d) / f).relative_to(item).parts))
-            paths.extend(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths.extend(p for p in found if is_image_name(p.name))
         elif item.exists():
             paths.append(item)
         else:
