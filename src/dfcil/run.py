@@ -37,6 +37,7 @@ from dfcil.errors import ConfigError, RunDirError
 from dfcil.methods import METHODS
 from dfcil.precision import fast_bf16_available
 from dfcil.runlock import hold_run_lock
+from dfcil.tensorboard_sink import require_tensorboard
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -153,6 +154,8 @@ def execute(config: Config, run_dir: Path, checkpoint: ckpt.Checkpoint | None,
     In a multi-process run (``dist``) rank 0 writes ``run_dir``; the other ranks train into a
     scratch directory that is deleted at the end.  Rank 0 holds the run directory's lock
     (:mod:`dfcil.runlock`) throughout: a second process on the same directory stops at once."""
+    if config.runtime.tensorboard:
+        require_tensorboard()  # before anything is loaded or written
     if dist.is_main:
         with hold_run_lock(run_dir):
             return _execute(config, run_dir, checkpoint, dist, first_task_from)

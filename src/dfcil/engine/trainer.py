@@ -48,6 +48,7 @@ from dfcil.models import IncrementalClassifier, build_classifier
 from dfcil.precision import resolve_precision
 from dfcil.runlog import RunLog
 from dfcil.scenario import Scenario, Task, build_scenario
+from dfcil.tensorboard_sink import TensorBoardSink
 
 logger = logging.getLogger(__name__)
 
@@ -486,7 +487,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------
     def run(self, resume: ckpt.Checkpoint | None = None) -> dict[str, Any]:
-        """Train every task (continuing from ``resume``) and return the final metrics."""
+        """Train every task (continuing from ``resume``) and return the final metrics. With
+        ``runtime.tensorboard`` the log also goes to ``RUN_DIR/tensorboard/`` (:mod:`dfcil.tensorboard_sink`)."""
+        try:
+            return self._run(resume)
+        finally:
+            self.log.close()  # its sinks: written out however the session ends
+
+    def _run(self, resume: ckpt.Checkpoint | None) -> dict[str, Any]:
         session_start = time.perf_counter()
         base_wall = 0.0
         position = ckpt.Position(task=self.start_task - 1, phase=0, epoch=0, task_done=True)
@@ -508,6 +516,8 @@ class Trainer:
                 self.device_generator.manual_seed(rank_seed(self.config.seed, self.dist.rank, salt))
         else:
             self.log.truncate_after(position)  # a fresh start keeps no stale records
+        if self.config.runtime.tensorboard and self.dist.is_main:
+            self.log.attach(TensorBoardSink(self.run_dir))  # gets the records kept, then each new one
 
         def tick() -> None:
             self.wall_time_s = base_wall + time.perf_counter() - session_start

@@ -24,6 +24,7 @@ from dfcil.errors import ConfigError, DataError
 from dfcil.methods import method_class
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Scenario, Task
+from dfcil.tensorboard_sink import require_tensorboard
 from dfcil.workflow.artifact import Architecture, InputSpec, LearningStep, ModelInfo
 from dfcil.workflow.folder import LabelledFolder, read_labelled_folder, report_skipped
 
@@ -129,6 +130,8 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
     if info is not None and method_class(config.method_name).needs_old_data:
         raise ConfigError(f"method {config.method_name!r} needs the earlier classes' images; "
                           f"choose a data-free method (e.g. rdfcil, abd, skd, mfgr) or lwf / finetune")
+    if config.runtime.tensorboard:
+        require_tensorboard()  # before the folder is decoded
     if info is not None:
         folder_classes = _class_folder_names(data)
         known = sorted(set(folder_classes) & set(info.class_names))
