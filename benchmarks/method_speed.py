@@ -49,6 +49,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfcil.atomic import write_json, write_text
+from dfcil.console import console_logging
 from dfcil.data import DatasetArrays, ImageArrays
 from dfcil.engine.trainer import Trainer, resolve_device
 from dfcil.errors import DfcilError
@@ -306,4 +307,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with console_logging():  # the library's messages on stderr, as in `dfcil`
+        sys.exit(main())

@@ -30,6 +30,7 @@ import torch
 
 import dfcil.methods.rdfcil as rdfcil_module
 from dfcil.atomic import write_json, write_text
+from dfcil.console import console_logging
 from dfcil.engine.trainer import Trainer
 from dfcil.losses import angle_relation_distillation, angle_relations
 from dfcil.precision import resolve_precision
@@ -131,4 +132,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with console_logging():  # the library's messages on stderr, as in `dfcil`
+        sys.exit(main())

@@ -46,6 +46,7 @@ import yaml
 
 from dfcil.atomic import write_text
 from dfcil.config import config_to_dict
+from dfcil.console import console_logging
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.engine.trainer import SplitTensors, Trainer
 from dfcil.errors import DfcilError
@@ -186,4 +187,5 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with console_logging():  # the library's messages on stderr, as in `dfcil`
+        raise SystemExit(main())

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from dfcil.atomic import write_json, write_text
+from dfcil.console import console_logging
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
 from dfcil.run import git_commit
 
@@ -134,4 +135,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with console_logging():  # the library's messages on stderr, as in `dfcil`
+        sys.exit(main())

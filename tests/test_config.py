@@ -50,6 +50,8 @@ def test_switching_method_drops_other_options():
         (["scenario.base_classes=100", "scenario.num_tasks=2"], "leaves no class"),
         (["scenario.subset=200"], "needs 200 classes but the dataset has 100"),
         (["runtime.device=tpu"], "runtime.device"),
+        (["runtime.tensorboard=maybe"], "runtime.tensorboard: expected"),
+        (["runtime.tensorboard.dir=x"], "runtime.tensorboard"),
         (["data.dataset=mnist"], "data.dataset: expected one of"),
     ],
 )
@@ -66,6 +68,7 @@ def test_set_requires_key_value():
 def test_fingerprint_ignores_runtime_only():
     base = load_config(CONFIGS / "smoke.yaml")
     assert fingerprint(base) == fingerprint(load_config(CONFIGS / "smoke.yaml", ["runtime.progress=false"]))
+    assert fingerprint(base) == fingerprint(load_config(CONFIGS / "smoke.yaml", ["runtime.tensorboard=true"]))
     assert fingerprint(base) != fingerprint(load_config(CONFIGS / "smoke.yaml", ["seed=1"]))
 
 

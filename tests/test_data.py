@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dfcil.console import console_logging
 from dfcil.data import (
     DATASETS,
     DatasetArrays,
@@ -25,7 +26,7 @@ from dfcil.data import (
 )
 from dfcil.data import cifar100 as cifar_module
 from dfcil.data.cifar100 import CIFAR100_CLASSES
-from dfcil.data.images import Geometry, decode_image
+from dfcil.data.images import IMAGE_EXTENSIONS, Geometry, decode_image
 from dfcil.data.registry import class_count
 from dfcil.errors import DataError
 
@@ -307,6 +308,40 @@ def test_imagefolder_tarball_matches_directory(folder_tree: Path, tmp_path: Path
     assert from_tar.mean == pytest.approx(from_dir.mean)
 
 
+def test_every_image_extension_is_one_pillow_decodes(tmp_path: Path) -> None:
+    Image.init()
+    for extension in sorted(IMAGE_EXTENSIONS):
+        assert extension in Image.registered_extensions(), extension  # a format Pillow opens
+        path = tmp_path / f"image{extension}"
+        mode = "L" if extension == ".pgm" else "RGB"  # a .pgm file holds a grey image
+        Image.new(mode, (40, 24), 128 if mode == "L" else (128, 128, 128)).save(path)  # format from the suffix
+        array = decode_image(path, Geometry.square(16))
+        assert array.shape == (16, 16, 3) and abs(float(array.mean()) - 128) < 4, extension
+
+
+def test_image_folder_datasets_and_the_learn_workflow_read_the_same_files(tmp_path: Path) -> None:
+    """One extension set: a .webp and a .bmp are read by both, a .txt by neither."""
+    from dfcil.workflow.folder import collect_image_paths, list_class_folders, read_labelled_folder
+
+    root = tmp_path / "tree"
+    for split in ("train", "test"):
+        for cls, grey in (("dark", 40), ("light", 210)):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for name in ("0.webp", "1.bmp", "2.png"):
+                Image.new("RGB", (40, 24), (grey, grey, grey)).save(folder / name)
+            (folder / "notes.txt").write_text("not an image")
+    dataset = load_dataset("imagefolder", root, tmp_path / "cache", image_size=16, progress=False)
+    learned = read_labelled_folder(root, 16)
+    assert dataset.class_names == learned.class_names == ["dark", "light"] and learned.skipped == []
+    assert np.array_equal(dataset.train.images, learned.train_images)
+    assert np.array_equal(dataset.train.labels, learned.train_labels)
+    assert np.array_equal(dataset.test.images, learned.held_out_images)
+    assert len(dataset.train) == len(dataset.test) == 6
+    assert [p.name for p in list_class_folders(root / "train")["dark"]] == ["0.webp", "1.bmp", "2.png"]
+    assert [p.name for p in collect_image_paths([root / "test" / "light"])] == ["0.webp", "1.bmp", "2.png"]
+
+
 def test_second_load_hits_cache(folder_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     first = load_dataset("imagefolder", folder_tree, tmp_path / "cache", image_size=16, progress=False)
@@ -315,7 +350,8 @@ def test_second_load_hits_cache(folder_tree: Path, tmp_path: Path, monkeypatch: 
         raise AssertionError("decoded although a valid cache exists")
 
     monkeypatch.setattr(Image, "open", no_decoding)
-    second = load_dataset("imagefolder", folder_tree, tmp_path / "cache", image_size=16, progress=False)
+    with console_logging():  # a warning would show on stderr, as on the command line
+        second = load_dataset("imagefolder", folder_tree, tmp_path / "cache", image_size=16, progress=False)
     assert_same(first, second)
     assert second.mean == first.mean and second.std == first.std
     assert capsys.readouterr().err == ""
@@ -358,11 +394,12 @@ def test_damaged_cache_is_rebuilt(folder_tree: Path, tmp_path: Path, damage: str
     else:
         (entry / "manifest.json").write_text("{not json")
     capsys.readouterr()
-    rebuilt = load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "rebuilding" in err[0] and str(entry) in err[0], err
-    assert_same(first, rebuilt)
-    load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
+    with console_logging():  # warnings on stderr, as on the command line
+        rebuilt = load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "rebuilding" in err[0] and str(entry) in err[0], err
+        assert_same(first, rebuilt)
+        load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
     assert capsys.readouterr().err == ""
 
 
@@ -390,7 +427,8 @@ def test_large_arrays_are_memory_mapped(folder_tree: Path, tmp_path: Path,
     target = entry / "train_images.npy"
     target.write_bytes(target.read_bytes()[:-1] + b"\x01")  # same size, last byte changed
     capsys.readouterr()
-    load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
+    with console_logging():  # warnings on stderr, as on the command line
+        load_dataset("imagefolder", folder_tree, cache, image_size=16, progress=False)
     assert "rebuilding" in capsys.readouterr().err
 
 

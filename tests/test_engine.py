@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dfcil.console import console_logging
 from dfcil.data import DatasetArrays
 from dfcil.engine.trainer import Trainer
 from dfcil.experiment import parse_experiment
@@ -312,7 +313,8 @@ def test_progress_into_a_file_is_one_line_per_epoch_and_per_generator_window(tmp
         "method": {"name": "abd", "synthesis": {"steps": 4, "batch_size": 8, "log_every": 2}},
         "runtime": {"progress": True, "device": "cpu", "num_threads": 1},
     })
-    Trainer(config, tmp_path / "run", coloured_dataset()).run()
+    with console_logging():  # the command line's stderr handler
+        Trainer(config, tmp_path / "run", coloured_dataset()).run()
     err = capsys.readouterr().err  # not a terminal: no bars, no carriage returns
     assert "\r" not in err and "it/s" not in err
     lines = err.splitlines()

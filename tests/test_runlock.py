@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dfcil.cli import main
+from dfcil.console import console_logging
 from dfcil.errors import RunDirError
 from dfcil.runlock import LOCK_FILE, hold_run_lock, is_run_locked
 
@@ -75,7 +76,7 @@ def test_unwritable_directory_and_unlockable_file_system(tmp_path, monkeypatch, 
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
-    with hold_run_lock(tmp_path / "nfs"):
+    with console_logging(), hold_run_lock(tmp_path / "nfs"):  # the warning, as the command line shows it
         (tmp_path / "nfs" / "config.yaml").write_text("{}")
     assert "cannot lock" in capsys.readouterr().err and (tmp_path / "nfs" / "config.yaml").exists()
 

@@ -14,6 +14,7 @@ from PIL import Image
 import dfcil.suite
 from dfcil.cli import main
 from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
+from dfcil.console import console_logging
 from dfcil.errors import ConfigError
 from dfcil.runlock import hold_run_lock
 from dfcil.suite import (
@@ -332,7 +333,8 @@ def test_a_second_suite_leaves_runs_another_process_trains_alone(tmp_path, tiny_
 
     monkeypatch.setattr(dfcil.suite.subprocess, "Popen", FakeProcess)
     monkeypatch.setattr(dfcil.suite.time, "sleep", fake_sleep)
-    outcome = execute_suite(suite, out, jobs=2)
+    with console_logging():  # the messages, as the command line shows them
+        outcome = execute_suite(suite, out, jobs=2)
     assert outcome["running_elsewhere"] == ["method-joint__seed-0"] and outcome["done"] == ["method-ft__seed-0"]
     assert started == [("method-ft__seed-0", True)]  # after the joint run ended, not beside it
     assert "skip method-joint__seed-0: another process is training it" in capsys.readouterr().err

@@ -2,17 +2,23 @@
 ``dfcil predict``, ``dfcil evaluate`` (a deployed model and your own image folders).
 
 Every user error (bad config, data, run directory) ends with one line on stderr,
-``dfcil: error: <what is wrong>``, and exit status 2.
+``dfcil: error: <what is wrong>``, and exit status 2. The library's messages (run directory,
+epochs, evaluations, warnings) are log records of the ``dfcil`` logger, which :func:`main` shows
+on stderr (:func:`dfcil.console.console_logging`); results go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
+from dfcil.console import console_logging
 from dfcil.errors import DfcilError
+
+logger = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,7 +154,7 @@ def _suite(args: argparse.Namespace) -> int:
         return 0
     if args.adopt and not args.dry_run:
         for name, source in adopt_runs(suite, out, args.adopt):
-            print(f"[suite] adopted {name} from {source}", file=sys.stderr, flush=True)
+            logging.getLogger("dfcil.suite").info("adopted %s from %s", name, source)
     outcome = execute_suite(suite, out, jobs=args.jobs, dry_run=args.dry_run, grid=grid)
     print(json.dumps({"suite": suite.name, "runs": len(suite.runs), "output": str(out),
                       **{key: len(names) for key, names in outcome.items()}, "failed_runs": outcome["failed"]}))
@@ -206,7 +212,7 @@ def _learn(args: argparse.Namespace) -> int:
                               "run the same command again") from None
         if kept is not None and base is not None:
             base.save(kept)
-            print(f"[dfcil] previous version kept as {kept}", file=sys.stderr)
+            logger.info("previous version kept as %s", kept)
         Model(result.info, result.model).save(output)
     print(json.dumps({"model": str(output), "classes": len(result.info.class_names), "step": result.step.step,
                       "added": result.step.classes, "method": result.step.method,
@@ -278,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": _run, "suite": _suite, "report": _report, "learn": _learn, "predict": _predict, "evaluate": _evaluate}
-        if args.command in commands:
-            return commands[args.command](args)
-        return _methods()
+        with console_logging():
+            if args.command in commands:
+                return commands[args.command](args)
+            return _methods()
     except DfcilError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"dfcil: error: {message}", file=sys.stderr)

@@ -5,7 +5,7 @@ overrides, and the fingerprint. It knows no method and no scenario: the ``method
 a mapping here, and :func:`dfcil.experiment.resolve` turns a config into its method, the method's
 typed options and its scenario (checking both), once, before any data is read or any model is
 built. The ``runtime`` section holds options that never change what is trained (device, threads,
-progress bars, the upper-bound run used for Omega); everything else is part of the run's
+progress bars, the upper-bound run used for Omega, the TensorBoard view of the log); everything else is part of the run's
 fingerprint, which ``--resume`` checks.
 """
 
@@ -159,6 +159,9 @@ class RuntimeConfig:
     # an epoch's checkpoint is skipped when the last one is younger than this (0: every epoch);
     # the last epoch of every phase and the end of every task are always saved
     checkpoint_every_s: float = 30.0
+    # also write the run log as TensorBoard events into RUN_DIR/tensorboard/ (needs the tensorboard
+    # package: pip install 'dfcil[tensorboard]'); see dfcil.tensorboard_sink
+    tensorboard: bool = False
 
     def validate(self, path: str) -> None:
         """Check value ranges."""

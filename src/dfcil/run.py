@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shlex
@@ -28,9 +29,12 @@ from dfcil.methods import METHODS
 from dfcil.precision import fast_bf16_available
 from dfcil.runlock import hold_run_lock
 from dfcil.scenario import Scenario
+from dfcil.tensorboard_sink import require_tensorboard
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
+
+logger = logging.getLogger(__name__)
 
 
 def git_commit(path: Path) -> str | None:
@@ -143,6 +147,8 @@ def execute(experiment: Experiment, run_dir: Path, checkpoint: ckpt.Checkpoint |
     In a multi-process run (``dist``) rank 0 writes ``run_dir``; the other ranks train into a
     scratch directory that is deleted at the end.  Rank 0 holds the run directory's lock
     (:mod:`dfcil.runlock`) throughout: a second process on the same directory stops at once."""
+    if experiment.config.runtime.tensorboard:
+        require_tensorboard()  # before anything is loaded or written
     if dist.is_main:
         with hold_run_lock(run_dir):
             return _execute(experiment, run_dir, checkpoint, dist, first_task_from)
@@ -160,7 +166,7 @@ def _execute(experiment: Experiment, run_dir: Path, checkpoint: ckpt.Checkpoint 
     if checkpoint is not None and metrics_file.exists():
         done = json.loads(metrics_file.read_text())
         if done.get("complete"):
-            print(f"[dfcil] {run_dir} is already complete", file=sys.stderr)
+            logger.info("%s is already complete", run_dir)
             return done
     upper = load_upper_bound(config.runtime.upper_bound)
     root, default_root = data_root(config.data.root)
@@ -218,8 +224,7 @@ def _execute(experiment: Experiment, run_dir: Path, checkpoint: ckpt.Checkpoint 
             "wall_time_s": checkpoint.wall_time_s,
         }
     write_json(run_file, {"fingerprint": fingerprint(config), "sessions": sessions})
-    print(f"[dfcil] {'resuming' if checkpoint is not None and not adopted else 'run directory'} {run_dir}",
-          file=sys.stderr, flush=True)
+    logger.info("%s %s", "resuming" if checkpoint is not None and not adopted else "run directory", run_dir)
     return trainer.run(resume=checkpoint)
 
 

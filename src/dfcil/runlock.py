@@ -11,9 +11,9 @@ file (``dfcil learn -o MODEL``), with ``.<name>.lock`` beside it.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +26,8 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"
+
+logger = logging.getLogger(__name__)
 
 
 def _owner(lock_file: Path) -> str:
@@ -109,8 +111,8 @@ def _acquire(lock_file: Path, cannot_write: str, busy: str) -> tuple[int, bool]:
             os.close(fd)
             raise RunDirError(busy.format(owner=_owner(lock_file))) from None
         except OSError as error:
-            print(f"[dfcil] warning: cannot lock {lock_file} ({error.strerror or error}); "
-                  "nothing stops a second process from writing the same files", file=sys.stderr)
+            logger.warning("warning: cannot lock %s (%s); nothing stops a second process from writing the same files",
+                        lock_file, error.strerror or error)
             return fd, False
         try:
             same = os.stat(lock_file).st_ino == os.fstat(fd).st_ino

@@ -1,13 +1,24 @@
-"""The per-epoch ``log.jsonl`` of a run, rewritten atomically on every append."""
+"""The per-epoch ``log.jsonl`` of a run, rewritten atomically on every append, and the sinks
+that also receive its records (e.g. :class:`dfcil.tensorboard_sink.TensorBoardSink`)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dfcil.atomic import write_text
+
+
+class LogSink(Protocol):
+    """Another destination of a run log's records."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Take one record (called in log order)."""
+
+    def close(self) -> None:
+        """Finish writing (the run's session ends)."""
 
 
 class RunLog:
@@ -18,14 +29,32 @@ class RunLog:
         self.records: list[dict[str, Any]] = []
         if path.exists():
             self.records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        self._sinks: list[LogSink] = []
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one record."""
+        """Add one record (and pass it to the attached sinks)."""
         self.records.append(record)
         self._write()
+        for sink in self._sinks:
+            sink.write(record)
+
+    def attach(self, sink: LogSink) -> None:
+        """Pass the records kept so far, then every record appended, to ``sink`` too. Attach after
+        :meth:`truncate_after`: a sink cannot take records back."""
+        for record in self.records:
+            sink.write(record)
+        self._sinks.append(sink)
+
+    def close(self) -> None:
+        """Close and detach the attached sinks."""
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            sink.close()
 
     def truncate_after(self, position: Any) -> None:
         """Drop records written after the checkpoint ``position`` (they will be redone)."""
+        if self._sinks:
+            raise RuntimeError("truncate_after with sinks attached: attach them after truncating")
         kept = []
         for record in self.records:
             if record.get("event") == "epoch":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -48,6 +49,8 @@ from dfcil.runlock import is_run_locked
 from dfcil.yamlio import load_file
 
 SUITE_FILE = "suite.json"
+
+logger = logging.getLogger(__name__)  # "[suite] ..." on the command line (dfcil.console)
 
 
 @dataclass(frozen=True)
@@ -470,7 +473,7 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
             outcome["skipped"].append(run.name)
         elif state == "running":
             outcome["running_elsewhere"].append(run.name)
-            print(f"[suite] skip {run.name}: another process is training it", file=sys.stderr, flush=True)
+            logger.info("skip %s: another process is training it", run.name)
         return state in ("complete", "running")
 
     for run in [run for run in suite.runs if run.is_joint] + [run for run in suite.runs if not run.is_joint]:
@@ -526,7 +529,7 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
             command = command_for(run, out, joints, threads, first_task_donor(run))
             log.write(("+ " + " ".join(command) + "\n").encode())
             log.flush()
-            print(f"[suite] start {run.name}", file=sys.stderr, flush=True)
+            logger.info("start %s", run.name)
             active.append((run, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, time.time()))
         time.sleep(0.5)
         for item in list(active):
@@ -539,11 +542,11 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
             minutes = (time.time() - started) / 60
             if code == 0 and run_state(out / run.name) == "complete":
                 outcome["done"].append(run.name)
-                print(f"[suite] done {run.name} ({minutes:.1f} min)", file=sys.stderr, flush=True)
+                logger.info("done %s (%.1f min)", run.name, minutes)
             else:
                 outcome["failed"].append(run.name)
                 last = _last_line(out / "logs" / f"{run.name}.log")
-                print(f"[suite] FAILED {run.name} (exit {code}): {last}", file=sys.stderr, flush=True)
+                logger.error("FAILED %s (exit %s): %s", run.name, code, last)
     return outcome
 
 

@@ -3,7 +3,7 @@
 ``<cache_dir>/datasets/<name>-<hash>/`` holds ``{train,test}_{images,labels}.npy`` and a
 manifest written LAST, so a half-built entry has no manifest. Every load re-checks the
 manifest against the files (existence, byte size, checksum, shape, dtype, label range); any
-mismatch prints one warning line to stderr and the entry is rebuilt.
+mismatch logs one warning (``dfcil`` logger) and the entry is rebuilt.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +30,9 @@ try:  # POSIX only; elsewhere concurrent builders are simply not serialised
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-FORMAT_VERSION = 1
+# 2: image trees are read with the whole IMAGE_EXTENSIONS set (.bmp, .webp, ... besides .jpg
+# and .png): an entry of version 1 may lack a tree's images of those formats, so it is not used
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 #: Arrays bigger than this are written and loaded as memory maps instead of held in RAM.
@@ -41,6 +43,8 @@ CHECKSUM_FIELDS = {
 }
 
 Triple = tuple[float, float, float]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class _Invalid(Exception):
 
 
 def _warn(message: str) -> None:
-    print(f"dfcil: warning: {message}", file=sys.stderr, flush=True)
+    logger.warning("warning: %s", message)
 
 
 def _triple(value: Any, field: str) -> Triple:

@@ -11,12 +11,15 @@ from PIL import Image, ImageOps
 
 from dfcil.errors import DataError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+#: Extensions (any case) of the files read as images, the one set for every reader: image-folder
+#: datasets and trees (directories and archives), Tiny ImageNet, and the folders and files of
+#: ``dfcil learn / predict / evaluate``. Each is a format :func:`decode_image` (Pillow) decodes.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR  # Pillow < 9.1 has no Resampling
 
 
 def is_image_name(name: str) -> bool:
-    """True for a visible file name ending in .jpg/.jpeg/.png (any case)."""
+    """True for a visible file name (or path) ending in one of :data:`IMAGE_EXTENSIONS` (any case)."""
     base = name.rsplit("/", 1)[-1]
     if base.startswith("."):
         return False

@@ -17,6 +17,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -49,6 +50,9 @@ from dfcil.models import IncrementalClassifier, build_classifier
 from dfcil.precision import resolve_precision
 from dfcil.runlog import RunLog
 from dfcil.scenario import Scenario, Task
+from dfcil.tensorboard_sink import TensorBoardSink
+
+logger = logging.getLogger(__name__)
 
 
 def rank_seed(seed: int, rank: int, salt: int = 0) -> int:
@@ -397,11 +401,8 @@ class Trainer:
             return
         scope = (f"{task.num_seen} seen classes" if self.start_task == 0
                  else f"the test images of its {task.num_new} classes (earlier classes have none here)")
-        print(
-            f"[dfcil] task {task.index + 1}/{len(self.scenario.tasks)}: accuracy on {scope} "
-            f"{evaluation.accuracy:.2f} (old {_fmt(evaluation.old)}, new {_fmt(evaluation.new)})",
-            file=sys.stderr,
-        )
+        logger.info("task %d/%d: accuracy on %s %.2f (old %s, new %s)", task.index + 1, len(self.scenario.tasks), scope,
+                 evaluation.accuracy, _fmt(evaluation.old), _fmt(evaluation.new))
 
     def _evaluate_phase(self, task: Task, phase: Phase, phase_index: int) -> None:
         """Log the test accuracy at the end of a phase that another phase of the task follows
@@ -447,16 +448,16 @@ class Trainer:
 
     def _method_log(self, record: dict[str, Any]) -> None:
         """A method's log record: into ``log.jsonl``, and a generator's or delegator's progress
-        also onto stderr (one line per logged window) when ``runtime.progress`` is on."""
+        also as a message (one line per logged window) when ``runtime.progress`` is on."""
         self.log.append(record)
         if not (self.config.runtime.progress and self.dist.is_main) or record.get("event") not in ("synthesis", "delegator"):
             return
         done, total = (record["step"], record.get("steps")) if "step" in record else (record["iteration"], None)
         rate = record.get("steps_per_s", record.get("iterations_per_s"))
         what = "generator step" if record["event"] == "synthesis" else "delegator iteration"
-        print(f"[dfcil] task {record.get('task', '?')} {what} {done}/{total or '?'}: loss {record.get('total', math.nan):.4f} "
-              f"old-model confidence {record.get('confidence', math.nan):.3f} coverage {record.get('coverage', math.nan):.2f}"
-              + (f" {rate:.2f}/s" if rate else ""), file=sys.stderr, flush=True)
+        logger.info(f"task {record.get('task', '?')} {what} {done}/{total or '?'}: loss {record.get('total', math.nan):.4f} "
+                 f"old-model confidence {record.get('confidence', math.nan):.3f} coverage {record.get('coverage', math.nan):.2f}"
+                 + (f" {rate:.2f}/s" if rate else ""))
 
     def _prepare_progress(self, steps_done: int) -> None:
         """A method's long preparation (generator training) did a step: checkpoint it when the
@@ -493,7 +494,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------
     def run(self, resume: ckpt.Checkpoint | None = None) -> dict[str, Any]:
-        """Train every task (continuing from ``resume``) and return the final metrics."""
+        """Train every task (continuing from ``resume``) and return the final metrics. With
+        ``runtime.tensorboard`` the log also goes to ``RUN_DIR/tensorboard/`` (:mod:`dfcil.tensorboard_sink`)."""
+        try:
+            return self._run(resume)
+        finally:
+            self.log.close()  # its sinks: written out however the session ends
+
+    def _run(self, resume: ckpt.Checkpoint | None) -> dict[str, Any]:
         session_start = time.perf_counter()
         base_wall = 0.0
         position = ckpt.Position(task=self.start_task - 1, phase=0, epoch=0, task_done=True)
@@ -515,6 +523,8 @@ class Trainer:
                 self.device_generator.manual_seed(rank_seed(self.config.seed, self.dist.rank, salt))
         else:
             self.log.truncate_after(position)  # a fresh start keeps no stale records
+        if self.config.runtime.tensorboard and self.dist.is_main:
+            self.log.attach(TensorBoardSink(self.run_dir))  # gets the records kept, then each new one
 
         def tick() -> None:
             self.wall_time_s = base_wall + time.perf_counter() - session_start
@@ -567,12 +577,8 @@ class Trainer:
                         self._save(here, optimizer, scheduler)
                     if not (self.config.runtime.progress and self.dist.is_main):
                         continue
-                    print(
-                        f"[dfcil] task {task.index + 1} {phase.name} epoch {epoch}/{phase.epochs}: "
-                        f"loss {stats.loss:.4f} acc {_fmt(stats.train_accuracy)} "
-                        f"{stats.images / max(stats.seconds, 1e-9):.0f} img/s",
-                        file=sys.stderr,
-                    )
+                    logger.info("task %d %s epoch %d/%d: loss %.4f acc %s %.0f img/s", task.index + 1, phase.name, epoch,
+                             phase.epochs, stats.loss, _fmt(stats.train_accuracy), stats.images / max(stats.seconds, 1e-9))
                 if phase_index < len(phases) - 1:
                     self._evaluate_phase(task, phase, phase_index)
             self._set_trainable(Phase.main(self.config.train))

@@ -10,25 +10,24 @@ with a dot are ignored.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dfcil.data.images import Geometry, decode_image
+from dfcil.data.images import Geometry, decode_image, is_image_name
 from dfcil.data.parallel import num_workers
 from dfcil.errors import DataError
 
-#: Extensions of files treated as images (any case).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+logger = logging.getLogger(__name__)
 
 
 def is_image_file(path: Path) -> bool:
-    """A visible regular file with an image extension."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    """A visible regular file with an image extension (:data:`dfcil.data.images.IMAGE_EXTENSIONS`)."""
+    return is_image_name(path.name) and path.is_file()
 
 
 @dataclass
@@ -92,14 +91,14 @@ def decode_paths(paths: list[Path], geometry: Geometry, strict: bool = False) ->
 
 
 def report_skipped(skipped: list[Skipped], limit: int = 20) -> None:
-    """Print the skipped files on stderr (the first ``limit`` of them)."""
+    """Log the skipped files as warnings, one per line (the first ``limit`` of them)."""
     if not skipped:
         return
-    print(f"[dfcil] skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
+    logger.warning("skipped %d unreadable file(s):", len(skipped))
     for item in skipped[:limit]:
-        print(f"[dfcil]   {item.reason}", file=sys.stderr)
+        logger.warning("  %s", item.reason)
     if len(skipped) > limit:
-        print(f"[dfcil]   ... and {len(skipped) - limit} more", file=sys.stderr)
+        logger.warning("  ... and %d more", len(skipped) - limit)
 
 
 @dataclass
@@ -169,7 +168,7 @@ def collect_image_paths(items: list[Path]) -> list[Path]:
         if item.is_dir():
             found = sorted(Path(d) / f for d, _, files in os.walk(item) for f in files
                            if not any(part.startswith(".") for part in (Path(d) / f).relative_to(item).parts))
-            paths.extend(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths.extend(p for p in found if is_image_name(p.name))
         elif item.exists():
             paths.append(item)
         else:

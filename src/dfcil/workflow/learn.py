@@ -10,7 +10,7 @@ the ``seed``, ``data`` augmentation, ``model``, ``train``, ``method`` and ``runt
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,8 +24,11 @@ from dfcil.errors import ConfigError, DataError
 from dfcil.experiment import Experiment, parse_experiment
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import scenario_from_sizes
+from dfcil.tensorboard_sink import require_tensorboard
 from dfcil.workflow.artifact import Architecture, InputSpec, LearningStep, ModelInfo
 from dfcil.workflow.folder import LabelledFolder, read_labelled_folder, report_skipped
+
+logger = logging.getLogger(__name__)
 
 RECIPE = Path(__file__).with_name("recipe.yaml")
 #: Input sizes of a first model: the sizes the data-free methods' generators produce.
@@ -119,6 +122,8 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
     if info is not None and experiment.method.needs_old_data:
         raise ConfigError(f"method {config.method_name!r} needs the earlier classes' images; "
                           f"choose a data-free method (e.g. rdfcil, abd, skd, mfgr) or lwf / finetune")
+    if config.runtime.tensorboard:
+        require_tensorboard()  # before the folder is decoded
     if info is not None:
         folder_classes = _class_folder_names(data)
         known = sorted(set(folder_classes) & set(info.class_names))
@@ -179,8 +184,8 @@ def learn_step(data: Path, base: tuple[ModelInfo, IncrementalClassifier] | None,
         head_sizes=list(trained.head_sizes),
         history=([] if info is None else list(info.history)) + [step],
     )
-    print(f"[dfcil] learned {len(new_names)} class(es) in {seconds:.0f} s: held-out accuracy "
-          f"{evaluation.accuracy:.2f} % on them", file=sys.stderr)
+    logger.info("learned %d class(es) in %.0f s: held-out accuracy %.2f %% on them",
+             len(new_names), seconds, evaluation.accuracy)
     return StepResult(new_info, trained, step)
 
 
