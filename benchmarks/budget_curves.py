@@ -1,7 +1,9 @@
 """Budget curves on cifar100-mini: collect the runs of ``suites/mini_budget.yaml`` and tabulate them.
 
-Copies every complete run of the suite's output folder (without checkpoints) into
-``benchmarks/results/mini/budget/<run>/`` and writes ``benchmarks/results/mini/budget/README.md``:
+Copies every complete run of the suite's output folder into ``benchmarks/results/mini/budget/<run>/``
+(without checkpoints; with ``synthesis/``, the sample grids and domain-gap features the report
+reads, so that a suite adopting the run keeps them) and writes
+``benchmarks/results/mini/budget/README.md``:
 one table per factor (the network, R-DFCIL's refinement budget, the generator budget), each row the
 mean ± standard deviation over the seeds present of
 
@@ -163,6 +165,8 @@ def collect(runs_roots: list[Path], out: Path) -> dict[str, list[dict[str, Any]]
             for name in KEPT_FILES:
                 if (run_dir / name).exists():
                     shutil.copy2(run_dir / name, staging / name)
+            if (run_dir / "synthesis").is_dir():  # sample grids and domain-gap features: what the report reads
+                shutil.copytree(run_dir / "synthesis", staging / "synthesis")
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
         if (run_dir / "oracle.json").exists():  # seed-<s>__oracle-<method> (benchmarks/replay_oracle.py)
