@@ -35,7 +35,8 @@ def test_threads_for_rounds_the_free_cores_within_one_and_the_ceiling():
 def test_cpu_times_are_read_from_proc_stat_and_the_process_own_stat(tmp_path: Path):
     (tmp_path / "self").mkdir()
     # user nice system idle iowait irq softirq steal (clock ticks of 1/100 s)
-    (tmp_path / "stat").write_text("cpu  1000 200 300 5000 100 10 20 30 0 0\ncpu0 1 2 3 4 5 6 7 8\n")
+    (tmp_path / "stat").write_text("cpu  1000 200 300 5000 100 10 20 30 0 0\ncpu0 1 2 3 4 5 6 7 8\n"
+                                   "cpu1 100 0 50 900 9 0 0 0 0 0\nintr 5 6\n")
     # pid (comm with ) and spaces) state ... utime is field 14 and stime field 15
     fields = ["S"] + ["0"] * 10 + ["150", "50"] + ["0"] * 30
     (tmp_path / "self" / "stat").write_text("42 (a) b) " + " ".join(fields))
@@ -43,6 +44,11 @@ def test_cpu_times_are_read_from_proc_stat_and_the_process_own_stat(tmp_path: Pa
     assert times is not None
     assert times.machine == pytest.approx((1000 + 200 + 300 + 10 + 20 + 30) / 100)  # idle and iowait left out
     assert times.own == pytest.approx((150 + 50) / 100)
+    # only the CPUs the process may run on (a container pinned to some of the host's)
+    pinned = read_cpu_times(tmp_path, cpus=frozenset({0, 1}))
+    assert pinned is not None and pinned.machine == pytest.approx((1 + 2 + 3 + 6 + 7 + 8 + 100 + 50) / 100)
+    assert read_cpu_times(tmp_path, cpus=frozenset({1})).machine == pytest.approx(150 / 100)
+    assert read_cpu_times(tmp_path, cpus=frozenset({7})) is None  # none of its CPUs listed
     assert read_cpu_times(tmp_path / "missing") is None
 
 

@@ -18,7 +18,8 @@ with 2 threads, 590 ms loaded, 174 ms for 1 thread loaded.
 
 ``OMP_WAIT_POLICY=PASSIVE`` does not cure it (that step: 457 ms), because the waiting is for the
 descheduled thread, not spinning. What does is to use no more threads than there are cores
-left free. ``auto`` measures, from ``/proc/stat`` and ``/proc/self/stat``, the CPU time the
+left free. ``auto`` measures, from ``/proc/stat`` (the CPUs the process may run on) and
+``/proc/self/stat``, the CPU time the
 *other* processes of the machine used since the last measurement, and sets torch's threads to the
 cores they left (at least one, at most torch's own default, which honours ``OMP_NUM_THREADS``).
 It decides when training starts (from a short sample) and again every few seconds, between two
@@ -65,26 +66,46 @@ def _clock_ticks() -> int:
         return 100
 
 
-def read_cpu_times(proc: Path = Path("/proc")) -> CpuTimes | None:
-    """Read the machine's busy CPU time and this process's own from ``proc`` (None without it).
+def read_cpu_times(proc: Path = Path("/proc"), cpus: frozenset[int] | None = None) -> CpuTimes | None:
+    """Read the busy CPU time of ``cpus`` (the CPUs this process may run on; all when None) and
+    this process's own from ``proc`` (None without it).
 
-    Busy is every ``/proc/stat`` column but idle and iowait (user, nice, system, irq, softirq,
-    steal); niced processes count, since with the kernel's per-session groups a niced process
-    of another session still gets its session's full share."""
+    Only the CPUs the process may use count: in a container pinned to 2 of a host's 64 CPUs,
+    ``/proc/stat`` shows the whole host, whose other work does not compete with this process.
+    Busy is every column but idle and iowait (user, nice, system, irq, softirq, steal); niced
+    processes count, since with the kernel's per-session groups a niced process of another
+    session still gets its session's full share."""
     try:
-        first = (proc / "stat").read_text().split("\n", 1)[0].split()
+        lines = (proc / "stat").read_text().splitlines()
         own_fields = (proc / "self" / "stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    if not first or first[0] != "cpu" or len(first) < 5 or len(own_fields) < 13:
+    busy_ticks = 0
+    counted = False
+    for line in lines:
+        fields = line.split()
+        if not fields or not fields[0].startswith("cpu") or len(fields) < 5:
+            continue
+        name = fields[0]
+        if cpus is None and name != "cpu":
+            continue  # the first line sums every CPU
+        if cpus is not None and (name == "cpu" or int(name[3:]) not in cpus):
+            continue
+        values = [int(v) for v in fields[1:9]]
+        busy_ticks += sum(values) - values[3] - (values[4] if len(values) > 4 else 0)
+        counted = True
+    if not counted or len(own_fields) < 13:
         return None
     ticks = _clock_ticks()
-    values = [int(v) for v in first[1:9]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    busy = sum(values) - idle
     # fields after the command: state is [0], so utime and stime (fields 14 and 15) are [11], [12]
     own = int(own_fields[11]) + int(own_fields[12])
-    return CpuTimes(machine=busy / ticks, own=own / ticks, at=time.monotonic())
+    return CpuTimes(machine=busy_ticks / ticks, own=own / ticks, at=time.monotonic())
+
+
+def read_usable_cpu_times() -> CpuTimes | None:
+    """:func:`read_cpu_times` of the CPUs this process may run on."""
+    cpus = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return read_cpu_times(cpus=cpus)
 
 
 def threads_for(free_cpus: float, ceiling: int) -> int:
@@ -101,7 +122,7 @@ class ThreadPolicy:
     ``interval_s`` seconds and costs one clock read otherwise."""
 
     def __init__(self, setting: ThreadSetting, cpus: int | None = None,
-                 reader: Callable[[], CpuTimes | None] = read_cpu_times,
+                 reader: Callable[[], CpuTimes | None] = read_usable_cpu_times,
                  interval_s: float = DECISION_INTERVAL_S) -> None:
         self.setting = setting
         self.ceiling = default_threads()
