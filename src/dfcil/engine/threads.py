@@ -141,7 +141,11 @@ class ThreadPolicy:
         """Set the starting thread count (for ``auto``: from ``sample_s`` seconds of the load)."""
         if isinstance(self.setting, int):
             self._apply(self.setting)
-        elif self.setting == "auto":
+        elif self.setting is None:
+            self.threads = torch.get_num_threads()
+        elif self.ceiling == 1:  # auto with nothing to decide (OMP_NUM_THREADS=1, one core)
+            self._apply(1)
+        else:
             self._last = self._read()
             if self._last is not None:
                 time.sleep(sample_s)
@@ -164,6 +168,7 @@ class ThreadPolicy:
 
     def _decide(self, now: CpuTimes | None) -> None:
         if now is None or self._last is None:
+            self._last = None  # /proc stopped answering: keep the count, stop adapting
             return
         others = self.others_cpus(now)
         self._last = now
