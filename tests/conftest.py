@@ -130,6 +130,22 @@ def coloured_dataset(classes: int = 4, per_class: int = 24) -> DatasetArrays:
                          mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="synthetic")
 
 
+def write_coloured_tree(root: Path, classes: int = 4, per_class: int = 6) -> Path:
+    """An image-folder dataset at ``root``: ``train/`` and ``test/`` each with ``classes`` folders of
+    ``per_class`` 32 px PNG noise images whose brightness is set by the class. Returns ``root``.
+    Import it with ``from conftest import write_coloured_tree``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray((rng.integers(0, 50, (32, 32, 3)) + 60 * c).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
 def load_benchmark(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` as module ``name`` (registered in ``sys.modules``, where
     dataclasses look their module up). Import it with ``from conftest import load_benchmark``."""

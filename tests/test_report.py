@@ -28,6 +28,8 @@ from dfcil.report import (
     row_label,
 )
 
+from conftest import write_coloured_tree
+
 # hand-computed aggregates of the fake runs below (lwf seeds 0 and 1 on the 20-class protocol)
 LWF_LAST = (20.0, 24.0)  # mean 22, sample std sqrt(8)
 LWF_AVG = (45.0, 49.0)  # mean of [80, 50, 30, 20] and [84, 54, 34, 24]
@@ -355,18 +357,10 @@ def test_tsne_keeps_separate_clusters_apart():
 def _old_data_free_run(tmp_path: Path) -> Path:
     """A run made before features were written at training time: an image-folder dataset, the
     model after task 2 and its kept synthetic samples, no ``task_2_features.npz``."""
-    from PIL import Image as PILImage
 
     from dfcil.workflow.artifact import Architecture
 
-    rng = np.random.default_rng(0)
-    tree = tmp_path / "tree"
-    for split in ("train", "test"):
-        for c in range(4):
-            folder = tree / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(8):
-                PILImage.fromarray((rng.integers(0, 50, (32, 32, 3)) + 60 * c).astype(np.uint8)).save(folder / f"{i}.png")
+    tree = write_coloured_tree(tmp_path / "tree", per_class=8)
     run = tmp_path / "runs" / "abd-s0"
     (run / "checkpoints").mkdir(parents=True)
     (run / "synthesis").mkdir()
@@ -382,6 +376,7 @@ def _old_data_free_run(tmp_path: Path) -> Path:
     model = Architecture("resnet32").build([2, 2])
     torch.save({"format": 1, "head_sizes": [2, 2], "class_order": [0, 1, 2, 3], "model": model.state_dict()},
                run / "checkpoints" / "task_2.pt")
+    rng = np.random.default_rng(1)
     np.savez_compressed(run / "synthesis" / "task_2_samples.npz",
                         images=rng.integers(0, 255, (24, 32, 32, 3)).astype(np.uint8), labels=np.zeros(24, np.int64))
     return run

@@ -6,10 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 import dfcil.suite
 from dfcil.cli import main
@@ -28,20 +26,15 @@ from dfcil.suite import (
     threads_per_job,
 )
 
+from conftest import write_coloured_tree
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def tiny_tree(tmp_path) -> Path:
     """train/ and test/ folders of 4 classes x 6 images of 32 px, brightness set by the class."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in range(4):
-            folder = tmp_path / "tree" / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(6):
-                Image.fromarray((rng.integers(0, 50, (32, 32, 3)) + 60 * c).astype(np.uint8)).save(folder / f"{i}.png")
-    return tmp_path / "tree"
+    return write_coloured_tree(tmp_path / "tree")
 
 
 def _write_suite(tmp_path: Path, tree: Path, axes: str, extra: str = "") -> Path:

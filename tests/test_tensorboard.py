@@ -6,9 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from dfcil.cli import main
 from dfcil.config import fingerprint, load_config
@@ -16,18 +14,13 @@ from dfcil.errors import ConfigError
 from dfcil.runlog import RunLog
 from dfcil.tensorboard_sink import TENSORBOARD_DIR, TensorBoardSink, record_scalars
 
+from conftest import write_coloured_tree
+
 
 @pytest.fixture
 def tiny_config(tmp_path, monkeypatch) -> Path:
     """A 2-task ABD run (2 epochs a task, 4 generator steps) on 4 classes x 6 images of 32 px."""
-    rng = np.random.default_rng(0)
-    tree = tmp_path / "tree"
-    for split in ("train", "test"):
-        for c in range(4):
-            folder = tree / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(6):
-                Image.fromarray((rng.integers(0, 50, (32, 32, 3)) + 60 * c).astype(np.uint8)).save(folder / f"{i}.png")
+    tree = write_coloured_tree(tmp_path / "tree")
     monkeypatch.setenv("DFCIL_CACHE", str(tmp_path / "cache"))
     config = tmp_path / "tiny.yaml"
     config.write_text(
