@@ -354,3 +354,47 @@ def test_methods_of_other_packages_register_through_entry_points(monkeypatch):
         monkeypatch.setattr(registry, "entry_points", entry_points_of(point))
         with pytest.raises(ConfigError, match=needle):
             registry._registry()
+
+
+class PassInFinishMethod(Method):
+    """Plain CE, and in ``finish_task`` one pass over the task's real images (as EWC, MAS and
+    PASS make), kept for inspection."""
+
+    name = "test-finish-pass"
+    description = "test double"
+    Options = HeadPhaseOptions
+
+    def __init__(self, options, env, passes: bool = True):
+        super().__init__(options, env)
+        self.passes = passes
+        self.seen: dict[int, list[Batch]] = {}
+
+    def training_step(self, model, batch: Batch, task, phase) -> StepResult:
+        logits = model(batch.images).logits
+        return StepResult({"ce": Loss(cross_entropy_seen(logits, batch.labels, task.num_seen))}, logits)
+
+    def finish_task(self, model, task):
+        if self.passes:
+            self.seen[task.index] = list(self.env.task_batches(task, batch_size=10))
+
+
+def test_task_batches_give_every_real_image_of_the_task_once_and_change_nothing(tmp_path):
+    dataset = tiny_dataset(classes=4, per_class=16)
+    runs = {}
+    for passes in (True, False):
+        trainer = Trainer(tiny_config(), tmp_path / str(passes), dataset)
+        trainer.method = PassInFinishMethod(HeadPhaseOptions(), trainer.env, passes)
+        runs[passes] = (trainer, trainer.run())
+    trainer, metrics = runs[True]
+    # no random number drawn, nothing changed: the run is the one without the pass
+    assert metrics["accuracy_per_step"] == runs[False][1]["accuracy_per_step"]
+    for task in trainer.scenario.tasks:
+        batches = trainer.method.seen[task.index]
+        assert [len(b.labels) for b in batches] == [10, 10, 10, 2]  # 32 images, the last batch kept
+        labels = torch.cat([b.labels for b in batches])
+        assert sorted(labels.tolist()) == sorted([task.start] * 16 + [task.start + 1] * 16)
+        index = trainer.train_data.indices_of(task.start, task.stop)
+        expected = trainer.normalizer(trainer.train_data.store.gather(index))
+        assert torch.equal(torch.cat([b.images for b in batches]), expected)  # in index order, not augmented
+    shuffled = list(trainer.env.task_batches(trainer.scenario.tasks[1], augment=True, shuffle=True))
+    assert sum(len(b.labels) for b in shuffled) == 32 and len(shuffled) == 2  # train.batch_size 16

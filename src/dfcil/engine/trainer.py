@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,7 @@ class Trainer:
             task_sizes=tuple(t.num_new for t in self.scenario.tasks),
             dist=dist,
             prepare_progress=self._prepare_progress,
+            task_batches=self._task_batches,
         )
         self.method: Method = experiment.build_method(self.env)
         self.model = self.make_model([])
@@ -357,6 +358,25 @@ class Trainer:
             images=images_seen,
             seconds=seconds,
         )
+
+    def _task_batches(self, task: Task, *, augment: bool = False, shuffle: bool = False,
+                      batch_size: int | None = None) -> Iterator[Batch]:
+        """:class:`dfcil.methods.base.TaskBatches`: the real training images of ``task``."""
+        indices = self.train_data.indices_of(*self.method.train_label_range(task))
+        size = batch_size or self.config.train.batch_size
+        labels = self.train_data.labels.to(self.device)
+        if shuffle:
+            batches: Iterator[torch.Tensor] = index_batches(indices, size, self.sample_generator, device=self.device)
+        else:
+            indices = indices.to(self.device)
+            batches = (indices[start : start + size] for start in range(0, len(indices), size))
+        for index in batches:
+            index = self.dist.shard(index)
+            if not len(index):
+                continue
+            raw = self.train_data.store.gather(index)
+            images = self.augment(raw, self.device_generator) if augment else self.normalizer(raw)
+            yield Batch(images, labels[index])
 
     # ------------------------------------------------------------------------------------
     def _test_accuracy(self, model: IncrementalClassifier, num_classes: int) -> float:

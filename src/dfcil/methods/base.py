@@ -10,6 +10,8 @@ checkpoints). A method only says, per task:
 * :meth:`Method.training_step` - the loss of one real batch as named, weighted
   :class:`Loss` terms (the engine sums, back-propagates and logs each term);
 * :meth:`Method.aux_modules` - learnable modules of its own that join the optimiser;
+* :meth:`Method.finish_task` - work after the task's training, which may read the task's real
+  images once more through :attr:`RunEnv.task_batches` (EWC's Fisher, a class mean);
 * :meth:`Method.state_dict` / :meth:`Method.load_state_dict` - everything needed to resume
   mid-task (old model, synthesizer, auxiliary modules).
 """
@@ -17,10 +19,10 @@ checkpoints). A method only says, per task:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
@@ -87,6 +89,28 @@ class StepResult:
     logits: torch.Tensor | None = None
 
 
+class TaskBatches(Protocol):
+    """The real training images of a task (those :meth:`Method.train_label_range` names), for a
+    pass a method makes outside the training steps (e.g. in :meth:`Method.finish_task`).
+
+    Yields :class:`Batch` es of ``batch_size`` (default ``train.batch_size``) images, normalised
+    like the training batches; with ``augment`` they get the training augmentation (the run's
+    device random numbers), with ``shuffle`` the order is drawn by the run's sampler, otherwise
+    every image comes once, in a fixed order, and no random number is used (a resumed run makes
+    the same pass). In a multi-process run each rank gets its slice of every batch: sum over
+    ranks with ``env.dist``."""
+
+    def __call__(self, task: Task, *, augment: bool = False, shuffle: bool = False,
+                 batch_size: int | None = None) -> Iterator[Batch]:
+        """The batches of ``task``'s real training images."""
+        ...
+
+
+def _no_task_batches(task: Task, *, augment: bool = False, shuffle: bool = False,
+                     batch_size: int | None = None) -> Iterator[Batch]:
+    raise RuntimeError("this RunEnv has no task data (it was made outside a Trainer)")
+
+
 @dataclass
 class RunEnv:
     """What a method may use from the run: device, precision, RNG and a model factory."""
@@ -110,6 +134,7 @@ class RunEnv:
     # with the steps done: the engine may checkpoint there, with the method's state_dict holding
     # the training in progress, and a resumed run calls prepare_task again to continue it
     prepare_progress: Callable[[int], None] = lambda step: None
+    task_batches: TaskBatches = _no_task_batches  # the task's real images again (see TaskBatches)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on the run's device when ``precision`` is bf16, else a no-op."""
