@@ -64,7 +64,7 @@ def test_every_kind_of_record_is_typed_and_unknown_events_are_kept_as_written():
     assert parse_record({"event": "skd_gamma", "task": 2, "gamma": 0.1}) == OtherRecord(
         "skd_gamma", 2, {"event": "skd_gamma", "task": 2, "gamma": 0.1})
     with pytest.raises(ValueError, match="'epoch' record"):
-        parse_record({"event": "epoch", "task": 1})
+        parse_record({"event": "epoch", "task": 1})  # no phase, no epoch
     with pytest.raises(ValueError, match="JSON object"):
         parse_record([1, 2])
 

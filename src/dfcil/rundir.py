@@ -169,7 +169,7 @@ class EpochRecord:
     epoch: int  # 1-based, within the phase
     epochs: int | None  # the phase's length (None in logs older than the field)
     lr: float
-    loss: float
+    loss: float | None  # the weighted sum, mean over the epoch's images (None: not logged)
     losses: dict[str, float]  # each named term (unweighted), mean over the epoch's images
     weights: dict[str, float]
     train_accuracy: float | None
@@ -191,7 +191,7 @@ class EpochRecord:
         """Parse a line (KeyError / TypeError / ValueError when it is not an epoch record)."""
         return cls(task=int(raw["task"]), phase=str(raw["phase"]), phase_index=int(raw.get("phase_index", 0)),
                    epoch=int(raw["epoch"]), epochs=None if raw.get("epochs") is None else int(raw["epochs"]),
-                   lr=float(raw.get("lr", math.nan)), loss=float(raw["loss"]),
+                   lr=float(raw.get("lr", math.nan)), loss=_number(raw.get("loss")),
                    losses={str(k): float(v) for k, v in (raw.get("losses") or {}).items()},
                    weights={str(k): float(v) for k, v in (raw.get("weights") or {}).items()},
                    train_accuracy=_number(raw.get("train_accuracy")), images=int(raw.get("images", 0)),
