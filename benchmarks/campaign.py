@@ -51,6 +51,7 @@ from run_projection import project  # noqa: E402
 
 from dfcil.atomic import write_text  # noqa: E402
 from dfcil.first_task import CHECKPOINT, RECORD, has_first_task  # noqa: E402
+from dfcil.rundir import EpochRecord, EvalRecord, ProgressRecord, RunDir, training_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cifar100" / "b0_n5.yaml"
@@ -206,27 +207,27 @@ def run_campaign(root: Path, kept: Path = KEPT_FIRST_TASK, carried: Path = CARRI
 
 
 def _run_summary(run_dir: Path) -> dict[str, Any]:
-    if not (run_dir / "log.jsonl").exists():
+    files = RunDir(run_dir)
+    if not files.log.exists():
         return {"state": "not started"}
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    num_tasks = int(yaml.safe_load((run_dir / "config.yaml").read_text())["scenario"]["num_tasks"])
-    evals = [r for r in records if r["event"] == "eval"]
-    epochs = [r for r in records if r["event"] == "epoch"]
-    generator = {r["task"]: r for r in records if r["event"] == "synthesis"}  # the last record of each task
-    spent = sum(r["time_s"] for r in epochs) + sum(r["step"] / max(r["steps_per_s"], 1e-9) for r in generator.values())
+    records = files.records()
+    num_tasks = int(yaml.safe_load(files.config.read_text())["scenario"]["num_tasks"])
+    evals = [r for r in records if isinstance(r, EvalRecord)]
+    epochs = [r for r in records if isinstance(r, EpochRecord)]
+    spent = sum(r.time_s for r in epochs) + training_seconds([r for r in records if isinstance(r, ProgressRecord)])
     projection = project(records, num_tasks)
     last = epochs[-1] if epochs else None
     return {
         "state": _state(run_dir),
         "tasks_done": len(evals),
         "num_tasks": num_tasks,
-        "accuracy_per_task": [round(r["accuracy"], 2) for r in evals],
-        "position": None if last is None else f"task {last['task']} {last['phase']} epoch {last['epoch']}/{last.get('epochs', '?')}",
+        "accuracy_per_task": [round(r.accuracy, 2) for r in evals],
+        "position": None if last is None else f"task {last.task} {last.phase} epoch {last.epoch}/{last.epochs or '?'}",
         "logged_hours": spent / 3600,
         "projected_hours": None if projection.seconds is None else projection.seconds / 3600,
         "first_task_from": next((s.get("first_task_from", {}).get("run_dir") for s in
-                                 json.loads((run_dir / "run.json").read_text()).get("sessions", [])
-                                 if s.get("first_task_from")), None) if (run_dir / "run.json").exists() else None,
+                                 json.loads(files.run_info.read_text()).get("sessions", [])
+                                 if s.get("first_task_from")), None) if files.run_info.exists() else None,
     }
 
 

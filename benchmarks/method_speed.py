@@ -7,7 +7,7 @@ native, channels_last) on random uint8 images - speed does not depend on the pix
 generator trained for only a few steps (its quality does not change the cost of a step). Then:
 
 * **training step**: epochs of the task (2,500 real images, 20 steps each) through the engine's
-  own loop (``Trainer._train_epoch``: batch augmentation, the method's loss terms, backward, SGD),
+  own loop (``Trainer.train_epoch``: batch augmentation, the method's loss terms, backward, SGD),
   timed after a warm-up epoch; the median of ``--epochs`` (default 3) timed epochs is reported;
   images/second counts real images only;
 * **FLOPs per step**: ``torch.utils.flop_counter.FlopCounterMode`` over one more epoch (forward
@@ -163,13 +163,13 @@ def measure(method: str, task_index: int, generator_steps: int, dataset: Dataset
     trainer.method.prepare_task(trainer.model, task)
     trainer.model.add_head(task.num_new)
     phase = trainer.method.phases(task)[0]
-    optimizer, _ = trainer._optimizer(phase)
-    trainer._train_epoch(task, phase, 1, optimizer)  # warm-up (allocations, autotuning, compilation)
-    timed = [trainer._train_epoch(task, phase, 2 + i, optimizer) for i in range(epochs)]
+    optimizer, _ = trainer.make_optimizer(phase)
+    trainer.train_epoch(task, phase, 1, optimizer)  # warm-up (allocations, autotuning, compilation)
+    timed = [trainer.train_epoch(task, phase, 2 + i, optimizer) for i in range(epochs)]
     stats = sorted(timed, key=lambda s: s.seconds)[len(timed) // 2]
     steps = -(-stats.images // trainer.config.train.batch_size)
     with FlopCounterMode(display=False) as counter:
-        trainer._train_epoch(task, phase, 2 + epochs, optimizer)
+        trainer.train_epoch(task, phase, 2 + epochs, optimizer)
     flops_per_step = counter.get_total_flops() / steps
     result: dict[str, Any] = {
         "method": method,
@@ -184,7 +184,7 @@ def measure(method: str, task_index: int, generator_steps: int, dataset: Dataset
     }
     synchronize(trainer.device)
     start = time.perf_counter()
-    trainer._evaluate(task)
+    trainer.evaluate(task)
     synchronize(trainer.device)
     evaluated = len(trainer.test_data.indices_of(0, task.stop))
     result["eval_images_per_s"] = evaluated / (time.perf_counter() - start)

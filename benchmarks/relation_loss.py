@@ -61,14 +61,14 @@ def step_milliseconds(work: Path, rounds: int) -> dict[str, list[float]]:
     trainer.method.prepare_task(trainer.model, task)
     trainer.model.add_head(task.num_new)
     phase = trainer.method.phases(task)[0]
-    optimizer, _ = trainer._optimizer(phase)
+    optimizer, _ = trainer.make_optimizer(phase)
     original = rdfcil_module.angle_relation_distillation
     times: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
     try:
         for epoch in range(rounds + 1):
             for name, loss in IMPLEMENTATIONS.items():
                 rdfcil_module.angle_relation_distillation = loss
-                stats = trainer._train_epoch(task, phase, 1 + epoch, optimizer)
+                stats = trainer.train_epoch(task, phase, 1 + epoch, optimizer)
                 steps = -(-stats.images // trainer.config.train.batch_size)
                 if epoch > 0:  # the first is the warm-up
                     times[name].append(1000.0 * stats.seconds / steps)

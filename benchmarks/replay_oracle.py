@@ -48,7 +48,8 @@ from dfcil.atomic import write_text
 from dfcil.config import config_to_dict
 from dfcil.console import console_logging
 from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
-from dfcil.engine.trainer import SplitTensors, Trainer
+from dfcil.engine.epoch import SplitTensors
+from dfcil.engine.trainer import Trainer
 from dfcil.errors import DfcilError
 from dfcil.experiment import load_experiment
 from dfcil.first_task import adopt_first_task

@@ -5,7 +5,8 @@ the rest costs. From ``RUN_DIR/log.jsonl`` (epoch records carry their phase's le
 records the planned steps) and ``RUN_DIR/config.yaml`` (how many tasks):
 
 * every (task, phase) that has started: its mean epoch time x its planned epochs;
-* every generator training that has logged: planned steps / its steps per second;
+* every generator (or SKD delegator) training that has logged: planned steps / its steps per
+  second;
 * tasks not started yet: like the last started task after the first (every incremental task of
   an equal split costs the same per epoch; the generator steps too), so at least one epoch of
   task 2 must be in the log for a projection of the whole run.
@@ -21,14 +22,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dfcil.rundir import EpochRecord, LogRecord, ProgressRecord, RunDir, parse_record, read_log
+
+#: a training before a task's first epoch (log event) -> its name among the task's parts
+TRAINING_PARTS = {"synthesis": "generator", "delegator": "delegator"}
 
 
 @dataclass
@@ -41,35 +47,44 @@ class Projection:
     planned_epochs: int = 0
 
 
-def task_costs(records: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
-    """Per started task: projected seconds of each phase and of its generator training."""
-    epochs: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    generator: dict[int, dict[str, Any]] = {}
-    for record in records:
-        if record.get("event") == "epoch":
-            epochs.setdefault((record["task"], record["phase"]), []).append(record)
-        elif record.get("event") == "synthesis":
-            generator[record["task"]] = record  # the last record has the steadiest rate
+def _typed(records: Sequence[LogRecord | dict[str, Any]]) -> list[LogRecord]:
+    return [parse_record(r) if isinstance(r, dict) else r for r in records]
+
+
+def task_costs(records: Sequence[LogRecord | dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Per started task: projected seconds of each phase and of its generator (or SKD's delegator)
+    training, from typed log records (:mod:`dfcil.rundir`; parsed dicts are typed first)."""
+    typed = _typed(records)
+    epochs: dict[tuple[int, str], list[EpochRecord]] = {}
+    training: dict[tuple[int, str], ProgressRecord] = {}
+    for record in typed:
+        if isinstance(record, EpochRecord):
+            epochs.setdefault((record.task, record.phase), []).append(record)
+        elif isinstance(record, ProgressRecord):
+            training[(record.task, record.event)] = record  # the last record has the steadiest rate
     costs: dict[int, dict[str, float]] = {}
     for (task, phase), done in epochs.items():
-        mean = statistics.mean(r["time_s"] for r in done)
-        costs.setdefault(task, {})[phase] = mean * done[-1].get("epochs", len(done))  # older logs: as done
-    for task, record in generator.items():
-        steps = record.get("steps", record["step"])  # older logs: as done
-        costs.setdefault(task, {})["generator"] = steps / max(record["steps_per_s"], 1e-9)
+        mean = statistics.mean(r.time_s for r in done)
+        costs.setdefault(task, {})[phase] = mean * (done[-1].epochs or len(done))  # older logs: as done
+    for (task, event), record in training.items():
+        if record.rate is None:
+            continue
+        planned = record.planned or record.count  # older logs: as done
+        costs.setdefault(task, {})[TRAINING_PARTS[event]] = planned / record.rate
     return costs
 
 
-def project(records: list[dict[str, Any]], num_tasks: int) -> Projection:
+def project(records: Sequence[LogRecord | dict[str, Any]], num_tasks: int) -> Projection:
     """The whole run's projected seconds from the records of its first part."""
-    costs = task_costs(records)
+    typed = _typed(records)
+    costs = task_costs(typed)
     parts = {f"task {task} {name}": seconds for task, named in sorted(costs.items()) for name, seconds in named.items()}
-    epochs = [r for r in records if r.get("event") == "epoch"]
+    epochs = [r for r in typed if isinstance(r, EpochRecord)]
     planned: dict[tuple[int, str], int] = {}
     for r in epochs:
-        key = (r["task"], r["phase"])
-        planned[key] = r.get("epochs", planned.get(key, 0) + 1)
-    later = [task for task in costs if task > 1 and any(name != "generator" for name in costs[task])]
+        key = (r.task, r.phase)
+        planned[key] = r.epochs or planned.get(key, 0) + 1
+    later = [task for task in costs if task > 1 and any(name not in TRAINING_PARTS.values() for name in costs[task])]
     if not later:
         return Projection(None, parts, len(epochs), sum(planned.values()))
     template = costs[max(later)]
@@ -86,12 +101,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args()
-    log, config = args.run_dir / "log.jsonl", args.run_dir / "config.yaml"
+    files = RunDir(args.run_dir)
+    log, config = files.log, files.config
     for path in (log, config):
         if not path.exists():
             parser.error(f"{path} does not exist (not a dfcil run directory?)")
     try:
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        records = read_log(log, strict=True)
         num_tasks = int(yaml.safe_load(config.read_text())["scenario"]["num_tasks"])
         projection = project(records, num_tasks)
     except (ValueError, KeyError, TypeError, yaml.YAMLError) as error:
@@ -103,9 +119,9 @@ def main() -> int:
         return 0
     print(f"projected run: {projection.seconds / 60:.1f} min ({projection.measured_epochs} of "
           f"{projection.planned_epochs} epochs measured; evaluation and checkpoints left out)")
-    metrics = args.run_dir / "metrics.json"
-    if metrics.exists():
-        wall = json.loads(metrics.read_text()).get("wall_time_s")
+    metrics = files.read_metrics()
+    if metrics is not None:
+        wall = metrics.get("wall_time_s")
         if isinstance(wall, (int, float)):
             print(f"metrics.json wall_time_s so far: {wall / 60:.1f} min")
     return 0

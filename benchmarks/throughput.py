@@ -113,10 +113,10 @@ def engine_run(config_path: Path, dataset, run_dir: Path, extra: list[str] = (),
     task = trainer.scenario.tasks[0]
     trainer.model.add_head(task.num_new)
     phase = Phase.main(config.train)
-    optimizer, _ = trainer._optimizer(phase)
+    optimizer, _ = trainer.make_optimizer(phase)
     if warmup:  # an untimed epoch first (torch.compile compiles during its first steps)
-        trainer._train_epoch(task, phase, 1, optimizer)
-    stats = trainer._train_epoch(task, phase, 1, optimizer)
+        trainer.train_epoch(task, phase, 1, optimizer)
+    stats = trainer.train_epoch(task, phase, 1, optimizer)
     train = {"images": stats.images, "seconds": round(stats.seconds, 2), "images_per_s": round(stats.images / stats.seconds, 1)}
     indices = trainer.test_data.indices_of(0, task.stop)
     start = time.perf_counter()

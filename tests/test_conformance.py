@@ -182,9 +182,9 @@ def check_phases(phases: Sequence[Phase], main: Phase, what: str) -> None:
 def next_batch(trainer: Trainer, task: Task) -> Batch:
     """The first batch of a new epoch of ``task``, drawn and augmented with the Trainer's generators."""
     indices = trainer.train_data.indices_of(*trainer.method.train_label_range(task))
-    batches: Iterator[torch.Tensor] = index_batches(indices, BATCH, trainer.sample_generator, device=trainer.device)
+    batches: Iterator[torch.Tensor] = index_batches(indices, BATCH, trainer.rng.sample, device=trainer.device)
     index = next(batches)
-    images = trainer.augment(trainer.train_data.store.gather(index), trainer.device_generator)
+    images = trainer.augment(trainer.train_data.store.gather(index), trainer.rng.device)
     return Batch(images, trainer.train_data.labels.to(trainer.device)[index])
 
 
@@ -249,13 +249,13 @@ def check_resume(trainer: Trainer, experiment: Experiment, task: Task, phase: Ph
     """Save after a step, load into a fresh method and model, restore the random streams in both:
     the next step (after ``on_epoch_start`` of the next epoch, as a resumed run begins) is
     bit-identical, and so are the states it leaves."""
-    rng = capture(trainer._generators())  # before the fresh Trainer seeds the global streams
+    rng = capture(trainer.rng.named())  # before the fresh Trainer seeds the global streams
     fresh = resumed_copy(trainer, experiment, run_dir)
     next_epoch = min(2, phase.epochs)
     steps: list[tuple[StepResult, Any, Any]] = []
     for run in (trainer, fresh):
-        restore(rng, run._generators())
-        run._set_trainable(phase)
+        restore(rng, run.rng.named())
+        run.set_trainable(phase)
         run.method.on_epoch_start(run.model, task, phase, next_epoch)
         result, _ = training_step(run, task, phase)
         steps.append((result, round_trip(run.method.state_dict()), round_trip(run.model.state_dict())))
@@ -306,8 +306,8 @@ def test_method_conforms_to_the_contract(name: str, tmp_path: Path, one_thread: 
 
     for index, phase in enumerate(phases):
         what = f"task 2 {phase.name}"
-        optimizer, _ = trainer._optimizer(phase)
-        trainer._set_trainable(phase)
+        optimizer, _ = trainer.make_optimizer(phase)
+        trainer.set_trainable(phase)
         trainer.method.on_epoch_start(trainer.model, second, phase, 1)
         result, total = training_step(trainer, second, phase)
         check_loss_terms(result, what)

@@ -176,7 +176,7 @@ def test_upload_copies_a_memory_mapped_array_in_chunks(tmp_path):
 
 
 def test_first_per_class_keeps_the_first_n_of_each_label():
-    from dfcil.engine.trainer import first_per_class
+    from dfcil.engine.epoch import first_per_class
 
     positions = np.array([2, 0, 2, 1, 0, 2, 0])
     # label 2 at 0, 2, 5; label 0 at 1, 4, 6; label 1 at 3

@@ -199,10 +199,10 @@ def test_stage_b_changes_only_the_heads(tmp_path):
     before = next(r for r in trainer.log.records if r["event"] == "phase_eval")
     after = next(r for r in trainer.log.records if r["event"] == "eval" and r["task"] == 2)
     trainer.model.load_state_dict(spy.before_refine)
-    evaluation = trainer._test_evaluation(trainer.scenario.tasks[1])[0]
+    evaluation = trainer.test_evaluation(trainer.scenario.tasks[1])[0]
     assert (before["accuracy"], before["old"], before["new"]) == (evaluation.accuracy, evaluation.old, evaluation.new)
     trainer.model.load_state_dict(spy.after_task)
-    assert trainer._test_evaluation(trainer.scenario.tasks[1])[0].accuracy == after["accuracy"]
+    assert trainer.test_evaluation(trainer.scenario.tasks[1])[0].accuracy == after["accuracy"]
     weights = adaptive_loss_weights(2, 2, 0.5, 0.15, 0.5)
     assert records[0]["weights"] == pytest.approx({"local_ce": weights.ce, "hkd": weights.hkd, "rkd": weights.rkd})
     assert records[-1]["weights"] == pytest.approx({"balanced_ce": 0.5, "hkd": weights.hkd})

@@ -15,7 +15,7 @@ def load_script():
 
 
 def epoch(task: int, phase: str, number: int, of: int, seconds: float) -> dict:
-    return {"event": "epoch", "task": task, "phase": phase, "epoch": number, "epochs": of, "time_s": seconds}
+    return {"event": "epoch", "task": task, "phase": phase, "epoch": number, "epochs": of, "loss": 1.0, "time_s": seconds}
 
 
 RECORDS = [
@@ -60,3 +60,13 @@ def test_command_line_rejects_a_directory_that_is_not_a_run(tmp_path, capsys, mo
     with pytest.raises(SystemExit) as exit_info:
         load_script().main()
     assert exit_info.value.code == 2 and "unreadable log or config" in capsys.readouterr().err
+
+
+def test_skds_delegator_training_is_projected_like_a_generator():
+    records = [*RECORDS[:3],
+               {"event": "delegator", "task": 2, "iteration": 20, "iterations": 200, "iterations_per_s": 0.5},
+               epoch(2, "main", 1, 10, 3.0)]
+    projection = load_script().project(records, num_tasks=2)
+    # task 1: 10 s; task 2: 200 / 0.5 = 400 s of delegator training + 10 x 3 s
+    assert projection.parts["task 2 delegator"] == pytest.approx(400)
+    assert projection.seconds == pytest.approx(10 + 400 + 30)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import dfcil.suite
+import dfcil.suite.execute
 from dfcil.cli import main
 from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
 from dfcil.console import console_logging
@@ -167,9 +167,9 @@ def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tm
             (out / self.name / "config.yaml").write_text("{}")
             return 0
 
-    monkeypatch.setattr(dfcil.suite.subprocess, "Popen", FakeProcess)
-    monkeypatch.setattr(dfcil.suite.time, "sleep", lambda seconds: None)
-    monkeypatch.setattr(dfcil.suite.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(dfcil.suite.execute.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(dfcil.suite.execute.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(dfcil.suite.execute.os, "cpu_count", lambda: 2)
     outcome = execute_suite(suite, out, jobs=2)
     assert sorted(outcome["done"]) == sorted(run.name for run in suite.runs)
     order = [name for name, _, _ in started]
@@ -324,8 +324,8 @@ def test_a_second_suite_leaves_runs_another_process_trains_alone(tmp_path, tiny_
             (out / self.name / "metrics.json").write_text(json.dumps({"complete": True}))
             return 0
 
-    monkeypatch.setattr(dfcil.suite.subprocess, "Popen", FakeProcess)
-    monkeypatch.setattr(dfcil.suite.time, "sleep", fake_sleep)
+    monkeypatch.setattr(dfcil.suite.execute.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(dfcil.suite.execute.time, "sleep", fake_sleep)
     with console_logging():  # the messages, as the command line shows them
         outcome = execute_suite(suite, out, jobs=2)
     assert outcome["running_elsewhere"] == ["method-joint__seed-0"] and outcome["done"] == ["method-ft__seed-0"]
@@ -364,8 +364,8 @@ def test_runs_of_one_first_task_wait_for_it_and_start_from_it(tmp_path, tiny_tre
             (run_dir / "config.yaml").write_text("{}")
             return 0
 
-    monkeypatch.setattr(dfcil.suite.subprocess, "Popen", FakeProcess)
-    monkeypatch.setattr(dfcil.suite.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(dfcil.suite.execute.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(dfcil.suite.execute.time, "sleep", lambda seconds: None)
     outcome = execute_suite(suite, out, jobs=2)
     assert len(outcome["done"]) == 4
     by_name = {name: (command, others) for name, command, others in started}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dfcil.console import console_logging
 from dfcil.errors import DfcilError
+from dfcil.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def _learn(args: argparse.Namespace) -> int:
         if args.workdir.exists() and (not args.workdir.is_dir() or any(args.workdir.iterdir())):
             raise DfcilError(f"--workdir {args.workdir} already exists and is not an empty folder: "
                              "choose a new one (it would be overwritten)")
-        problem = unwritable_reason(args.workdir / "log.jsonl")
+        problem = unwritable_reason(RunDir(args.workdir).log)
         if problem:
             raise DfcilError(f"cannot write to --workdir {args.workdir}: {problem}")
     options = LearnOptions(method=args.method, recipe=args.config, overrides=args.overrides,

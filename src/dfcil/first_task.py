@@ -26,12 +26,13 @@ from dfcil.config import config_to_dict, first_difference, without_runtime  # no
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import RunDirError
 from dfcil.experiment import Experiment
+from dfcil.rundir import RunDir
 
 if TYPE_CHECKING:
     from dfcil.engine.trainer import Trainer
 
-CHECKPOINT = Path("checkpoints") / "first_task.pt"
-RECORD = Path("checkpoints") / "first_task.json"
+CHECKPOINT = RunDir(Path()).first_task_checkpoint  # relative to the run directory
+RECORD = RunDir(Path()).first_task_record
 
 
 def first_task_identity(experiment: Experiment, first_task_classes: list[int] | None) -> dict[str, Any]:
@@ -98,14 +99,14 @@ def adopt_first_task(donor: Path, trainer: Trainer) -> ckpt.Checkpoint:
         scheduler=None,
     )
     if trainer.dist.is_main:
-        records = [json.loads(line) for line in (donor / "log.jsonl").read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in RunDir(donor).log.read_text().splitlines() if line.strip()]
         for record in records:
             if record.get("task") == 1:
                 trainer.log.append(record)
-        (trainer.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        task_model = Path("checkpoints") / "task_1.pt"
-        if (donor / task_model).exists():
-            shutil.copyfile(donor / task_model, trainer.run_dir / task_model)
+        mine_files = RunDir(trainer.run_dir)
+        mine_files.checkpoints.mkdir(parents=True, exist_ok=True)
+        if RunDir(donor).task_model(1).exists():
+            shutil.copyfile(RunDir(donor).task_model(1), mine_files.task_model(1))
         ckpt.save(trainer.run_dir, checkpoint)
         save_first_task(trainer.run_dir, mine)
     return checkpoint

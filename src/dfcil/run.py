@@ -27,12 +27,10 @@ from dfcil.errors import ConfigError, RunDirError
 from dfcil.experiment import Experiment, load_experiment, parse_experiment
 from dfcil.methods import METHODS
 from dfcil.precision import fast_bf16_available
+from dfcil.rundir import CONFIG_FILE, RUN_FILE, RunDir
 from dfcil.runlock import hold_run_lock
 from dfcil.scenario import Scenario
 from dfcil.tensorboard_sink import require_tensorboard
-
-CONFIG_FILE = "config.yaml"
-RUN_FILE = "run.json"
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ def load_upper_bound(path: str | None) -> dict[str, Any] | None:
         return None
     file = Path(path)
     if file.is_dir():
-        file = file / "metrics.json"
+        file = RunDir(file).metrics
     try:
         data = json.loads(file.read_text())
     except (OSError, ValueError) as error:
@@ -162,7 +160,7 @@ def _execute(experiment: Experiment, run_dir: Path, checkpoint: ckpt.Checkpoint 
     from dfcil.first_task import adopt_first_task
 
     config = experiment.config
-    metrics_file = run_dir / "metrics.json"
+    metrics_file = RunDir(run_dir).metrics
     if checkpoint is not None and metrics_file.exists():
         done = json.loads(metrics_file.read_text())
         if done.get("complete"):

@@ -33,12 +33,13 @@ import numpy as np
 from PIL import Image
 
 from dfcil.errors import ConfigError
+from dfcil.rundir import TENSORBOARD_DIR, RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.tensorboard import SummaryWriter
 
 #: The sink's folder in a run directory.
-TENSORBOARD_DIR = "tensorboard"
+
 MISSING_PACKAGE = ("runtime.tensorboard: true needs the tensorboard package, which is not installed "
                    "(pip install 'dfcil[tensorboard]', or set runtime.tensorboard=false)")
 #: Records whose figures are plotted against their own counter, per task.
@@ -113,7 +114,7 @@ class TensorBoardSink:
             self._writer.flush()  # a task's figures show up in TensorBoard as the task ends
 
     def _add_samples(self, task: int) -> None:
-        grid = self.run_dir / "synthesis" / f"task_{task}.png"
+        grid = RunDir(self.run_dir).sample_grid(task)
         if grid.is_file():
             with Image.open(grid) as image:
                 pixels = np.asarray(image.convert("RGB"))

@@ -13,10 +13,11 @@ from dfcil.atomic import torch_save
 from dfcil.config import Config, fingerprint, first_difference, without_runtime
 from dfcil.errors import RunDirError
 from dfcil.models import IncrementalClassifier
+from dfcil.rundir import RunDir
 from dfcil.scenario import Scenario
 
 FORMAT_VERSION = 1
-LAST = Path("checkpoints") / "last.pt"
+LAST = RunDir(Path()).last_checkpoint  # relative to the run directory
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def load(run_dir: Path, config: Config) -> Checkpoint | None:
     except RunDirError as error:
         # the run's first task is a complete checkpoint of its own (dfcil.first_task)
         hint = (f"; a new run can start from its first task: dfcil run {run_dir / 'config.yaml'} -o NEW_DIR "
-                f"--first-task-from {run_dir}") if (run_dir / "checkpoints" / "first_task.json").is_file() else \
+                f"--first-task-from {run_dir}") if RunDir(run_dir).first_task_record.is_file() else \
             "; start the run again in a new directory"
         raise RunDirError(f"{error} (the run cannot be resumed{hint})") from None
     expected = run_fingerprint(config)
@@ -121,7 +122,7 @@ def _repair_milestones(state: dict[str, Any] | None) -> dict[str, Any] | None:
 def save_task_model(run_dir: Path, task_index: int, model: IncrementalClassifier, scenario: Scenario) -> None:
     """Weights of the model after ``task_index`` (for inspection and deployment)."""
     torch_save(
-        run_dir / "checkpoints" / f"task_{task_index + 1}.pt",
+        RunDir(run_dir).task_model(task_index + 1),
         {
             "format": FORMAT_VERSION,
             "head_sizes": model.head_sizes,

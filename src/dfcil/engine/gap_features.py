@@ -31,6 +31,7 @@ import torch
 
 from dfcil.atomic import atomic_write
 from dfcil.models import IncrementalClassifier
+from dfcil.rundir import RunDir
 
 MAX_REAL = 500  # real images per set (evenly spaced), to keep t-SNE and MMD cheap
 BATCH = 250  # images per forward
@@ -42,12 +43,12 @@ _ARRAYS = ("real_old", "synthetic", "real_new", "real_old_labels", "synthetic_la
 
 def samples_path(run_dir: Path, task: int) -> Path:
     """The kept synthetic samples of task ``task`` (1-based)."""
-    return Path(run_dir) / "synthesis" / f"task_{task}_samples.npz"
+    return RunDir(run_dir).gap_samples(task)
 
 
 def features_path(run_dir: Path, task: int) -> Path:
     """The domain-gap features of task ``task`` (1-based)."""
-    return Path(run_dir) / "synthesis" / f"task_{task}_features.npz"
+    return RunDir(run_dir).gap_features(task)
 
 
 def evenly(indices: np.ndarray, limit: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,3 +50,56 @@ def restore(state: dict[str, Any], generators: dict[str, torch.Generator]) -> No
                 saved.numel() != generator.get_state().numel()):
             continue
         generator.set_state(saved)
+
+
+def rank_seed(seed: int, rank: int, salt: int = 0) -> int:
+    """Seed of rank ``rank``'s own random numbers (synthetic noise, augmentation) in a
+    multi-process run; ``salt`` distinguishes re-seeding after a resume."""
+    return (seed * 1_000_003 + (rank + 1) * 7_919 + salt * 104_729) % 2**63
+
+
+@dataclass
+class RunGenerators:
+    """The random streams of one run, and the policy that seeds, saves and restores them.
+
+    ``sample`` (CPU) draws the order of the training images: every rank of a multi-process run
+    draws the same permutation and takes its slice. ``device`` draws the numbers each rank uses
+    on its own (augmentation, synthetic noise, a method's sampling): seeded per rank; on a CPU
+    run it is ``sample`` itself, on one GPU a stream of its own (seed + 1). The global Python,
+    NumPy and torch generators are seeded with the run's seed and saved with these."""
+
+    sample: torch.Generator
+    device: torch.Generator
+
+    @classmethod
+    def create(cls, seed: int, device: torch.device, distributed: bool = False, rank: int = 0) -> RunGenerators:
+        """Seed the global generators and make the run's own for ``device`` (and ``rank``)."""
+        seed_everything(seed)
+        sample = torch.Generator().manual_seed(seed)
+        if distributed:
+            own = torch.Generator(device=device).manual_seed(rank_seed(seed, rank))
+        elif device.type == "cpu":
+            own = sample
+        else:
+            own = torch.Generator(device=device).manual_seed(seed + 1)
+        return cls(sample, own)
+
+    def named(self) -> dict[str, torch.Generator]:
+        """The distinct generators by the names a checkpoint stores them under."""
+        generators = {"sample": self.sample}
+        if self.device is not self.sample:
+            generators["device"] = self.device
+        return generators
+
+    def capture(self) -> dict[str, Any]:
+        """Every state a checkpoint keeps (:func:`capture`)."""
+        return capture(self.named())
+
+    def restore(self, state: dict[str, Any], reseed: tuple[int, int, int] | None = None) -> None:
+        """Restore :meth:`capture`'s ``state``. ``reseed`` = (seed, rank, salt) re-seeds ``device``
+        afterwards, for a multi-process run (or a run resumed with another process count), whose
+        ranks' own streams cannot come back from rank 0's checkpoint."""
+        restore(state, self.named())
+        if reseed is not None:
+            seed, rank, salt = reseed
+            self.device.manual_seed(rank_seed(seed, rank, salt))

@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from dfcil.atomic import write_json
 from dfcil.augment import Normalizer, TrainAugment
@@ -36,29 +32,33 @@ from dfcil.config import without_runtime
 from dfcil.data import DatasetArrays
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.engine import checkpoint as ckpt
+from dfcil.engine.epoch import (
+    EpochContext,
+    EpochStats,
+    StepRunner,
+    build_optimizer,
+    set_trainable,
+    split_tensors,
+    train_epoch,
+)
 from dfcil.engine.evaluate import predict, predict_logits
 from dfcil.engine.gap_features import write_task_features
 from dfcil.engine.results import RunResults, TaskEvaluation, evaluate_task
-from dfcil.engine.rng import capture, restore, seed_everything
-from dfcil.engine.store import ImageStore, index_batches, num_batches
+from dfcil.engine.rng import RunGenerators
+from dfcil.engine.store import index_batches
 from dfcil.engine.threads import ThreadPolicy
-from dfcil.errors import ConfigError, DataError, DfcilError
+from dfcil.errors import ConfigError, DataError
 from dfcil.experiment import Experiment
 from dfcil.first_task import first_task_identity, save_first_task
 from dfcil.methods import Batch, Method, Phase, RunEnv
 from dfcil.models import IncrementalClassifier, build_classifier
 from dfcil.precision import resolve_precision
+from dfcil.rundir import EpochRecord, EvalRecord, PhaseEvalRecord, RunDir
 from dfcil.runlog import RunLog
 from dfcil.scenario import Scenario, Task
 from dfcil.tensorboard_sink import TensorBoardSink
 
 logger = logging.getLogger(__name__)
-
-
-def rank_seed(seed: int, rank: int, salt: int = 0) -> int:
-    """Seed of rank ``rank``'s own random numbers (synthetic noise, augmentation) in a
-    multi-process run; ``salt`` distinguishes re-seeding after a resume."""
-    return (seed * 1_000_003 + (rank + 1) * 7_919 + salt * 104_729) % 2**63
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,50 +69,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"runtime.device: {name} requested but CUDA is not available")
     return device
-
-
-@dataclass
-class SplitTensors:
-    """Images and remapped labels of one split, restricted to the scenario's classes."""
-
-    store: ImageStore
-    labels: torch.Tensor  # int64 on the CPU (positions in the class order)
-
-    def indices_of(self, start: int, stop: int) -> torch.Tensor:
-        """Indices of samples whose label lies in ``[start, stop)``."""
-        return torch.nonzero((self.labels >= start) & (self.labels < stop)).flatten()
-
-
-def first_per_class(positions: np.ndarray, limit: int) -> np.ndarray:
-    """Indices (ascending) of the first ``limit`` samples of every label in ``positions``."""
-    order = np.argsort(positions, kind="stable")
-    ordered = positions[order]
-    rank = np.arange(len(ordered)) - np.searchsorted(ordered, ordered, side="left")
-    return np.sort(order[rank < limit])
-
-
-def _split_tensors(images: np.ndarray, labels: np.ndarray, scenario: Scenario, device: torch.device,
-                   per_class: int | None = None) -> SplitTensors:
-    positions = scenario.remap(labels)
-    keep = np.nonzero(positions >= 0)[0]
-    if per_class is not None:
-        keep = keep[first_per_class(positions[keep], per_class)]
-    if len(keep) != len(labels):
-        images = images[keep]
-        positions = positions[keep]
-    return SplitTensors(ImageStore(images, device), torch.from_numpy(positions.astype(np.int64)))
-
-
-@dataclass
-class EpochStats:
-    """What one epoch of training measured."""
-
-    loss: float
-    terms: dict[str, float]
-    weights: dict[str, float]
-    train_accuracy: float | None
-    images: int
-    seconds: float
 
 
 class Trainer:
@@ -131,6 +87,7 @@ class Trainer:
         self.experiment = experiment
         self.config = config
         self.run_dir = run_dir
+        self.files = RunDir(run_dir)
         self.dataset = dataset
         self.upper_bound = upper_bound
         self.dist = dist
@@ -140,37 +97,30 @@ class Trainer:
         if self.device.type == "cuda":
             # every step has the same shapes: let cuDNN time its algorithms once and keep the fastest
             torch.backends.cudnn.benchmark = True
-        seed_everything(config.seed)
+        # the RNG policy (dfcil.engine.rng.RunGenerators): global streams seeded here, the sampler's
+        # permutation shared by every rank, a rank's own numbers (augmentation, noise) from `device`
+        self.rng = RunGenerators.create(config.seed, self.device, dist.enabled, dist.rank)
         self.scenario = scenario if scenario is not None else experiment.scenario_for(dataset.num_classes)
         if not 0 <= start_task < len(self.scenario.tasks):
             raise ConfigError(f"start task {start_task} is outside the scenario's {len(self.scenario.tasks)} tasks")
         self.start_task = start_task
-        self.train_data = _split_tensors(dataset.train.images, dataset.train.labels, self.scenario, self.device,
-                                         config.data.train_per_class)
-        self.test_data = _split_tensors(dataset.test.images, dataset.test.labels, self.scenario, self.device)
+        self.train_data = split_tensors(dataset.train.images, dataset.train.labels, self.scenario, self.device,
+                                        config.data.train_per_class)
+        self.test_data = split_tensors(dataset.test.images, dataset.test.labels, self.scenario, self.device)
         self._check_class_coverage()
         self.normalizer = Normalizer(dataset.mean, dataset.std, config.train.channels_last)
         self.augment = TrainAugment(self.normalizer, config.data.crop_padding, config.data.flip)
-        # the sampler's permutation is shared by every rank; a rank's own random numbers
-        # (augmentation, synthetic noise) come from the device generator
-        self.sample_generator = torch.Generator().manual_seed(config.seed)
-        if dist.enabled:
-            self.device_generator = torch.Generator(device=self.device).manual_seed(rank_seed(config.seed, dist.rank))
-        elif self.device.type == "cpu":
-            self.device_generator = self.sample_generator
-        else:
-            self.device_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
-        self.log = RunLog(run_dir / "log.jsonl")
+        self.log = RunLog(self.files.log)
         self.env = RunEnv(
             device=self.device,
             precision=resolve_precision(config.train.precision, self.device),
             channels_last=config.train.channels_last,
             normalizer=self.normalizer,
-            generator=self.device_generator,
+            generator=self.rng.device,
             train=config.train,
             make_model=self.make_model,
             image_size=int(dataset.train.images.shape[1]),
-            output_dir=run_dir,
+            artifacts=self.files,
             log=self._method_log,
             test_accuracy=self._test_accuracy if start_task == 0 else None,  # no test data of earlier classes
             task_sizes=tuple(t.num_new for t in self.scenario.tasks),
@@ -179,11 +129,15 @@ class Trainer:
             task_batches=self._task_batches,
         )
         self.method: Method = experiment.build_method(self.env)
+        self.epoch_context = EpochContext(
+            data=self.train_data, augment=self.augment, generators=self.rng, env=self.env, train=config.train,
+            dist=dist, threads=self.threads, progress=config.runtime.progress, num_tasks=len(self.scenario.tasks),
+        )
         self.model = self.make_model([])
         self.results = RunResults()
         self.wall_time_s = 0.0
         self._last_save = -math.inf  # time.monotonic() of the last checkpoint
-        self._run_step: Any = lambda closure: closure()
+        self._run_step: StepRunner = lambda closure: closure()
         self._preparing: int | None = None  # index of the task whose prepare_task is running
         self._clock = (0.0, time.perf_counter())  # (wall time of earlier sessions, this session's start)
 
@@ -226,138 +180,28 @@ class Trainer:
         first = self.scenario.tasks[0]
         return first_task_identity(self.experiment, self.scenario.order[first.start : first.stop])
 
-    def _generators(self) -> dict[str, torch.Generator]:
-        generators = {"sample": self.sample_generator}
-        if self.device_generator is not self.sample_generator:
-            generators["device"] = self.device_generator
-        return generators
-
     # ------------------------------------------------------------------------------------
-    def _optimizer(self, phase: Phase) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        train = self.config.train
-        if phase.trainable == "heads":
-            params = list(self.model.head_parameters())
-        else:
-            params = list(self.model.parameters())
-            aux = self.method.aux_modules()
-            if aux is not None:
-                params += list(aux.parameters())
-        optimizer = torch.optim.SGD(
-            params, lr=phase.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=train.nesterov
-        )
-        scheduler: torch.optim.lr_scheduler.LRScheduler
-        if phase.schedule == "multistep":
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(phase.milestones), phase.gamma)
-        elif phase.schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs)
-        else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        return optimizer, scheduler
+    def make_optimizer(self, phase: Phase) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The optimiser and schedule of ``phase`` (:func:`dfcil.engine.epoch.build_optimizer`)."""
+        return build_optimizer(self.model, self.method.aux_modules(), phase, self.config.train)
 
-    def _set_trainable(self, phase: Phase) -> None:
-        heads_only = phase.trainable == "heads"
-        for parameter in self.model.backbone_parameters():
-            parameter.requires_grad_(not heads_only)
-        self.model.train()
-        if heads_only:
-            self.model.backbone.eval()
-        aux = self.method.aux_modules()
-        if aux is not None:
-            aux.train()
+    def set_trainable(self, phase: Phase) -> None:
+        """Train mode and gradients for what ``phase`` trains (:func:`dfcil.engine.epoch.set_trainable`)."""
+        set_trainable(self.model, self.method.aux_modules(), phase)
 
-    def _step_runner(self, phase: Phase) -> Any:
+    def train_epoch(self, task: Task, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer) -> EpochStats:
+        """One epoch of ``phase`` of ``task`` (:func:`dfcil.engine.epoch.train_epoch`), with the step
+        runner of the phase the task loop is in (DDP's in a multi-process run)."""
+        return train_epoch(self.model, self.method, self.epoch_context, task, phase, epoch, optimizer, self._run_step)
+
+    def _step_runner(self, phase: Phase) -> StepRunner:
         """Runs a training step's loss closure (under DDP in a multi-process run)."""
-        self._set_trainable(phase)
+        self.set_trainable(phase)
         modules: list[torch.nn.Module] = [self.model]
         aux = self.method.aux_modules()
         if aux is not None and phase.trainable == "all":
             modules.append(aux)
         return self.dist.step_runner(modules, self.device)
-
-    def _train_epoch(self, task: Task, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer) -> EpochStats:
-        self._set_trainable(phase)
-        indices = self.train_data.indices_of(*self.method.train_label_range(task))
-        batch_size = self.config.train.batch_size
-        total_batches = num_batches(len(indices), batch_size)
-        sums: dict[str, torch.Tensor] = {}
-        weights: dict[str, float] = {}
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        scored = 0
-        images_seen = 0
-        desc = f"task {task.index + 1}/{len(self.scenario.tasks)} {phase.name} {epoch}/{phase.epochs}"
-        # a bar only on a terminal: into a file or pipe it writes a line per update, and the
-        # epoch's summary line below says the same once
-        bar = tqdm(total=total_batches, desc=desc, leave=False,
-                   disable=not (self.config.runtime.progress and self.dist.is_main and sys.stderr.isatty()),
-                   file=sys.stderr, dynamic_ncols=True)
-        start = time.perf_counter()
-        shown = -math.inf  # when the progress bar last showed the running loss
-        labels_on_device = self.train_data.labels.to(self.device)  # batches index it where they are
-        for step, index in enumerate(index_batches(indices, batch_size, self.sample_generator, device=self.device)):
-            if self.dist.enabled:
-                if len(index) < self.dist.world_size:
-                    continue  # a last batch too small to give every rank an image (all ranks skip it)
-                index = self.dist.shard(index)
-            if self.config.train.compile:
-                # a new training iteration: CUDA-graph replays (compile_mode reduce-overhead) may
-                # reuse the memory of the last step's outputs, which nothing holds on to any more
-                torch.compiler.cudagraph_mark_step_begin()
-            images = self.augment(self.train_data.store.gather(index), self.device_generator)
-            labels = labels_on_device[index]
-
-            def losses() -> tuple[torch.Tensor, Any]:
-                with self.env.autocast():
-                    result = self.method.training_step(self.model, Batch(images, labels), task, phase)  # noqa: B023 - called in this iteration
-                total = sum(term.weight * term.value.float() for term in result.losses.values())
-                assert isinstance(total, torch.Tensor)
-                return total, result
-
-            total, result = self._run_step(losses)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            self.threads.at_safe_point()  # runtime.num_threads auto: a clock read, a decision every few s
-            n = len(index)
-            images_seen += n
-            loss_sum += total.detach() * n
-            for name, term in result.losses.items():
-                value = term.value.detach().float() * n
-                sums[name] = sums[name] + value if name in sums else value
-                weights[name] = float(term.weight)
-            if result.logits is not None:
-                correct += (result.logits.detach().argmax(1) == labels).sum()
-                scored += n
-            bar.update(1)
-            # reading the running loss waits for the device: at most once per second
-            if bar.disable is False and (time.perf_counter() - shown >= 1.0 or step + 1 == total_batches):
-                shown = time.perf_counter()
-                postfix = {"loss": f"{float(loss_sum) / images_seen:.3f}"}
-                if scored:
-                    postfix["acc"] = f"{100.0 * float(correct) / scored:.1f}"
-                bar.set_postfix(postfix)
-        bar.close()
-        if self.dist.enabled:  # every rank logs the figures of the global batches
-            names = sorted(sums)
-            zero = torch.zeros((), device=self.device)
-            totals = self.dist.sum_in_place(torch.stack(
-                [loss_sum.float(), correct.float(), torch.tensor(float(scored), device=self.device),
-                 torch.tensor(float(images_seen), device=self.device), *[sums.get(n, zero).float() for n in names]]))
-            loss_sum, correct = totals[0], totals[1]
-            scored, images_seen = int(totals[2]), int(totals[3])
-            sums = dict(zip(names, totals[4:]))
-        loss = float(loss_sum) / max(images_seen, 1)  # reading it waits for the device's queued steps
-        seconds = time.perf_counter() - start
-        if not math.isfinite(loss):
-            raise DfcilError(f"task {task.index + 1} {phase.name} epoch {epoch}: loss is {loss} (diverged)")
-        return EpochStats(
-            loss=loss,
-            terms={k: float(v) / max(images_seen, 1) for k, v in sums.items()},
-            weights=weights,
-            train_accuracy=100.0 * float(correct) / scored if scored else None,
-            images=images_seen,
-            seconds=seconds,
-        )
 
     def _task_batches(self, task: Task, *, augment: bool = False, shuffle: bool = False,
                       batch_size: int | None = None) -> Iterator[Batch]:
@@ -366,7 +210,7 @@ class Trainer:
         size = batch_size or self.config.train.batch_size
         labels = self.train_data.labels.to(self.device)
         if shuffle:
-            batches: Iterator[torch.Tensor] = index_batches(indices, size, self.sample_generator, device=self.device)
+            batches: Iterator[torch.Tensor] = index_batches(indices, size, self.rng.sample, device=self.device)
         else:
             indices = indices.to(self.device)
             batches = (indices[start : start + size] for start in range(0, len(indices), size))
@@ -375,7 +219,7 @@ class Trainer:
             if not len(index):
                 continue
             raw = self.train_data.store.gather(index)
-            images = self.augment(raw, self.device_generator) if augment else self.normalizer(raw)
+            images = self.augment(raw, self.rng.device) if augment else self.normalizer(raw)
             yield Batch(images, labels[index])
 
     # ------------------------------------------------------------------------------------
@@ -388,7 +232,7 @@ class Trainer:
         labels = self.test_data.labels[indices]
         return 100.0 * float((logits[:, :num_classes].argmax(dim=1) == labels).float().mean())
 
-    def _test_evaluation(self, task: Task) -> tuple[TaskEvaluation, int, float]:
+    def test_evaluation(self, task: Task) -> tuple[TaskEvaluation, int, float]:
         """The model's evaluation on the test images of every class seen by ``task``: the
         evaluation, the number of images and the seconds it took (no random numbers used)."""
         indices = self.test_data.indices_of(0, task.stop)
@@ -402,21 +246,14 @@ class Trainer:
         labels = self.test_data.labels[indices].numpy()
         return evaluate_task(logits, labels, self.scenario, task, features), len(indices), seconds
 
-    def _evaluate(self, task: Task) -> None:
-        evaluation, images, seconds = self._test_evaluation(task)
+    def evaluate(self, task: Task) -> None:
+        """Evaluate on the test images of every class seen by ``task``; log and keep the result."""
+        evaluation, images, seconds = self.test_evaluation(task)
         self.results.evaluations.append(evaluation)
-        self.log.append(
-            {
-                "event": "eval",
-                "task": task.index + 1,
-                "accuracy": evaluation.accuracy,
-                "old": evaluation.old,
-                "new": evaluation.new,
-                "matrix_row": evaluation.matrix_row,
-                "images": images,
-                "images_per_s": images / max(seconds, 1e-9),
-            }
-        )
+        self.log.append(EvalRecord(
+            task=task.index + 1, accuracy=evaluation.accuracy, old=evaluation.old, new=evaluation.new,
+            matrix_row=evaluation.matrix_row, images=images, images_per_s=images / max(seconds, 1e-9),
+        ).to_json())
         if not self.dist.is_main:
             return
         scope = (f"{task.num_seen} seen classes" if self.start_task == 0
@@ -428,10 +265,10 @@ class Trainer:
         """Log the test accuracy at the end of a phase that another phase of the task follows
         (``phase_eval`` records: e.g. R-DFCIL before its head refinement, so that the refinement's
         gain is measured). Uses no random numbers and changes no state: the run is the same."""
-        evaluation = self._test_evaluation(task)[0]
-        self.log.append({"event": "phase_eval", "task": task.index + 1, "phase": phase.name,
-                         "phase_index": phase_index, "accuracy": evaluation.accuracy,
-                         "old": evaluation.old, "new": evaluation.new})
+        evaluation = self.test_evaluation(task)[0]
+        self.log.append(PhaseEvalRecord(task=task.index + 1, phase=phase.name, phase_index=phase_index,
+                                        accuracy=evaluation.accuracy, old=evaluation.old,
+                                        new=evaluation.new).to_json())
 
     def _write_gap_features(self, task: Task) -> None:
         """``synthesis/task_t_features.npz`` of a task whose synthetic samples were kept: the
@@ -504,7 +341,7 @@ class Trainer:
                 method=self.method.state_dict(),
                 optimizer=None if optimizer is None else optimizer.state_dict(),
                 scheduler=None if scheduler is None else scheduler.state_dict(),
-                rng=capture(self._generators()),
+                rng=self.rng.capture(),
                 results=self.results.state_dict(),
                 wall_time_s=self.wall_time_s,
                 world_size=self.dist.world_size,
@@ -535,12 +372,13 @@ class Trainer:
             base_wall = resume.wall_time_s
             opt_state, sched_state = resume.optimizer, resume.scheduler
             self.log.truncate_after(position)
-            restore(resume.rng, self._generators())
+            reseed = None
             if self.dist.enabled or resume.world_size > 1:
                 # a rank's own stream cannot come back from rank 0's checkpoint (and the process
                 # count may have changed): re-seed it from the rank and the resume position
                 salt = 1 + position.task * 10_000 + position.phase * 1_000 + position.epoch
-                self.device_generator.manual_seed(rank_seed(self.config.seed, self.dist.rank, salt))
+                reseed = (self.config.seed, self.dist.rank, salt)
+            self.rng.restore(resume.rng, reseed)
         else:
             self.log.truncate_after(position)  # a fresh start keeps no stale records
         if self.config.runtime.tensorboard and self.dist.is_main:
@@ -571,7 +409,7 @@ class Trainer:
             first_phase = position.phase if mid_task else 0
             for phase_index in range(first_phase, len(phases)):
                 phase = phases[phase_index]
-                optimizer, scheduler = self._optimizer(phase)
+                optimizer, scheduler = self.make_optimizer(phase)
                 self._run_step = self._step_runner(phase)
                 first_epoch = 1
                 if mid_task and phase_index == position.phase:
@@ -583,7 +421,7 @@ class Trainer:
                 for epoch in range(first_epoch, phase.epochs + 1):
                     self.method.on_epoch_start(self.model, task, phase, epoch)
                     lr = optimizer.param_groups[0]["lr"]
-                    stats = self._train_epoch(task, phase, epoch, optimizer)
+                    stats = self.train_epoch(task, phase, epoch, optimizer)
                     scheduler.step()
                     tick()
                     # the record first: a kill between the two leaves a record after the checkpoint,
@@ -601,17 +439,17 @@ class Trainer:
                              phase.epochs, stats.loss, _fmt(stats.train_accuracy), stats.images / max(stats.seconds, 1e-9))
                 if phase_index < len(phases) - 1:
                     self._evaluate_phase(task, phase, phase_index)
-            self._set_trainable(Phase.main(self.config.train))
+            self.set_trainable(Phase.main(self.config.train))
             self.method.finish_task(self.model, task)
             self.dist.check_replicas(self.model, f"task {task.index + 1}")
-            self._evaluate(task)
+            self.evaluate(task)
             if self.dist.is_main:
                 self._write_gap_features(task)
             tick()
             self._save(ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True))
             if self.dist.is_main:
                 ckpt.save_task_model(self.run_dir, task.index, self.model, self.scenario)
-                write_json(self.run_dir / "metrics.json", self.metrics())
+                write_json(self.files.metrics, self.metrics())
                 if task.index == 0:
                     save_first_task(self.run_dir, self.first_task_identity())
             position = ckpt.Position(task=task.index, phase=0, epoch=0, task_done=True)
@@ -619,7 +457,7 @@ class Trainer:
         tick()
         final = self.metrics()
         if self.dist.is_main:
-            write_json(self.run_dir / "metrics.json", final)
+            write_json(self.files.metrics, final)
         return final
 
 
@@ -629,20 +467,10 @@ def _fmt(value: float | None) -> str:
 
 def _epoch_record(task: Task, phase: Phase, phase_index: int, epoch: int, lr: float, stats: EpochStats,
                   threads: int) -> dict[str, Any]:
-    return {
-        "event": "epoch",
-        "task": task.index + 1,
-        "phase": phase.name,
-        "phase_index": phase_index,
-        "epoch": epoch,
-        "epochs": phase.epochs,  # of this phase: a partial log still tells the whole run's length
-        "lr": lr,
-        "loss": stats.loss,
-        "losses": stats.terms,
-        "weights": stats.weights,
-        "train_accuracy": stats.train_accuracy,
-        "images": stats.images,
-        "time_s": round(stats.seconds, 4),
-        "images_per_s": stats.images / max(stats.seconds, 1e-9),
-        "threads": threads,  # torch's CPU threads at the end of the epoch (runtime.num_threads)
-    }
+    return EpochRecord(
+        task=task.index + 1, phase=phase.name, phase_index=phase_index, epoch=epoch,
+        epochs=phase.epochs,  # of this phase: a partial log still tells the whole run's length
+        lr=lr, loss=stats.loss, losses=stats.terms, weights=stats.weights, train_accuracy=stats.train_accuracy,
+        images=stats.images, time_s=round(stats.seconds, 4), images_per_s=stats.images / max(stats.seconds, 1e-9),
+        threads=threads,  # torch's CPU threads at the end of the epoch (runtime.num_threads)
+    ).to_json()

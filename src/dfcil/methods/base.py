@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -32,6 +31,7 @@ from dfcil.config import TrainConfig
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.losses import cross_entropy_seen
 from dfcil.models import IncrementalClassifier, frozen_copy
+from dfcil.rundir import RunDir
 from dfcil.scenario import Task
 
 
@@ -123,7 +123,9 @@ class RunEnv:
     train: TrainConfig
     make_model: Callable[[Sequence[int]], IncrementalClassifier]  # head sizes -> model on device
     image_size: int  # side of the (square) training images
-    output_dir: Path  # the run directory, for artefacts such as synthetic-sample grids
+    # the run directory's paths: a method writes its own files (sample grids, generators) only to
+    # those it names (RunDir.sample_grid, RunDir.generator)
+    artifacts: RunDir
     log: Callable[[dict[str, Any]], None]  # append a record to the run's log.jsonl
     # accuracy (%) of a model's all-seen logits on the test images of the first ``n`` classes of
     # the order: for diagnostics only (e.g. SKD's delegator check), never for training

@@ -42,7 +42,7 @@ class SyntheticReplayMethod(Method):
         self.synthesizer.train(self.old.model, task.num_old, log, self.env.train.batch_size,
                                progress=self.env.prepare_progress)
         self.synthesizer.save_grid(
-            self.old.model, task.num_old, self.env.output_dir / "synthesis" / f"task_{task.index + 1}.png",
+            self.old.model, task.num_old, self.env.artifacts.sample_grid(task.index + 1),
             self.env.normalizer.denormalize,
         )
 
@@ -58,7 +58,7 @@ class SyntheticReplayMethod(Method):
     def finish_task(self, model: IncrementalClassifier, task: Task) -> None:
         """Discard this task's generator (or save it when asked to keep it)."""
         if self.options.synthesis.keep_generator and self.synthesizer.generator is not None:
-            torch_save(self.env.output_dir / "generators" / f"task_{task.index + 1}.pt", self.synthesizer.state_dict())
+            torch_save(self.env.artifacts.generator(task.index + 1), self.synthesizer.state_dict())
         self.synthesizer.discard()
 
     def state_dict(self) -> dict[str, Any]:

@@ -103,7 +103,7 @@ class SKD(Method):
             self.checks.append(check)
             log({"event": "delegator_check", **check})
         save_sample_grid(lambda: self._pseudo_batch(256), task.num_old, self.env.image_size,
-                         self.env.output_dir / "synthesis" / f"task_{task.index + 1}.png",
+                         self.env.artifacts.sample_grid(task.index + 1),
                          self.env.normalizer.denormalize)
 
     def _pseudo_batch(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ import torch
 
 from dfcil.engine.gap_features import MAX_REAL, GapFeatures, compute_gap_features, features_path, samples_path
 from dfcil.errors import DataError, DfcilError
+from dfcil.rundir import RunDir
 
 __all__ = ["MAX_REAL", "TSNE_MISSING", "DomainGaps", "TaskGap", "mid", "mmd_unbiased", "plot_domain_gap",
            "run_domain_gaps", "task_gap", "tsne", "tsne_available"]
@@ -180,7 +181,7 @@ class _Recomputer:
         be loaded or a file cannot be read)."""
         from dfcil.models import build_classifier
 
-        checkpoint = self.run_dir / "checkpoints" / f"task_{task}.pt"
+        checkpoint = RunDir(self.run_dir).task_model(task)
         samples = samples_path(self.run_dir, task)
         parsed, dataset, scenario, positions = self._load()
         try:
@@ -216,7 +217,7 @@ def run_domain_gaps(run_dir: Path, config: dict[str, Any], with_tsne: bool = Tru
     ``checkpoints/task_t.pt`` and the dataset; where either is missing (a suite's adopted copy, a
     committed result in a fresh clone) the task is listed in ``unavailable`` with a one-line
     reason. No t-SNE maps unless ``with_tsne`` (see :func:`tsne_available`)."""
-    synthesis = Path(run_dir) / "synthesis"
+    synthesis = RunDir(run_dir).synthesis
     tasks = sorted({t for f in synthesis.glob("task_*_samples.npz") if (t := _task_number(f)) is not None and t >= 2}
                    | {t for f in synthesis.glob("task_*_features.npz") if (t := _task_number(f)) is not None and t >= 2})
     result = DomainGaps()
@@ -229,7 +230,7 @@ def run_domain_gaps(run_dir: Path, config: dict[str, Any], with_tsne: bool = Tru
                     features = GapFeatures.load(path)
                 except Exception as error:  # noqa: BLE001 - any damage is reported as one line
                     raise DataError(f"cannot read {path.name}: {_one_line(error)}") from None
-            elif not (Path(run_dir) / "checkpoints" / f"task_{task}.pt").exists():
+            elif not RunDir(run_dir).task_model(task).exists():
                 raise DataError(f"{STALE} and no checkpoint (checkpoints/task_t.pt) to recompute them from")
             else:
                 try:

@@ -21,12 +21,8 @@ from typing import Any
 import yaml
 
 from dfcil.errors import DataError
+from dfcil.rundir import CONFIG_FILE, METRICS_FILE, RUN_FILE, SUITE_FILE, RunDir
 from dfcil.yamlio import safe_load
-
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
-RUN_FILE = "run.json"
-SUITE_FILE = "suite.json"
 
 # keys a complete run's metrics.json must hold as numbers for the report to use it
 REQUIRED_NUMBERS = ("last_accuracy", "average_incremental_accuracy")
@@ -118,7 +114,7 @@ def _exclusion(metrics: dict[str, Any], path: Path) -> str | None:
 
 
 def _synthesis_grids(run_dir: Path) -> list[tuple[int, Path]]:
-    folder = run_dir / "synthesis"
+    folder = RunDir(run_dir).synthesis
     if not folder.is_dir():
         return []
     grids = []

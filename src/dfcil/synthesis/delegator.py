@@ -210,7 +210,7 @@ class KnowledgeDelegator:
             if iteration % opts.log_every == 0 or iteration == opts.iterations:
                 last = window.pop_means()
                 seconds = time.perf_counter() - start
-                log({"event": "delegator", "iteration": iteration, **last,
+                log({"event": "delegator", "iteration": iteration, "iterations": opts.iterations, **last,
                      "iterations_per_s": (iteration - first_iteration + 1) / seconds, "seconds": seconds})
             self.iterations_done = iteration
             if progress is not None:
