@@ -1,0 +1,183 @@
+"""Per-parameter importance and the quadratic anchor penalty of EWC and MAS.
+
+Both methods estimate, after each task, how much every parameter of the model matters for what
+it has learned, from per-image gradients of a scalar function ``s(x)`` of the model's logits
+over the seen classes (``z``):
+
+* EWC (Kirkpatrick et al., arXiv:1612.00796): ``s = log softmax(z)_y`` and the importance is the
+  diagonal Fisher information ``F_i = mean_x (ds/dtheta_i)^2`` (:func:`fisher_score`);
+* MAS (Aljundi et al., arXiv:1711.09601, Eq. 2): ``s = ||z||_2^2`` and ``Omega_i = mean_x
+  |ds/dtheta_i|`` (:func:`mas_score`).
+
+The mean is over every real training image of the task, one gradient per image (the definitions
+above; a batch gradient squared is a different, noisier estimate), taken with the model in eval
+mode (BatchNorm with its running statistics, so that an image's gradient does not depend on the
+others in its batch and the pass changes no running statistic), in float32 and without autocast.
+:class:`AnchoredImportance` accumulates the estimates over tasks, keeps the parameters of the
+end of the last task (the anchors ``theta*``) and gives the penalty
+``sum_i Omega_i (theta_i - theta*_i)^2`` over the parameters that have an anchor: the backbone and
+every head of an earlier task, never the head of the task being learned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfcil.distributed import SINGLE, Distributed
+from dfcil.losses import cross_entropy_seen, local_cross_entropy
+from dfcil.methods.base import Batch
+from dfcil.scenario import Task
+
+#: A per-image scalar of the seen-class logits ``(1, C)`` and the image's label ``(1,)``.
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fisher_score(labels: Literal["predicted", "true"]) -> Score:
+    """EWC's ``log p(y | x)`` of one image: ``y`` the model's own prediction (``argmax z``,
+    ``predicted``) or the image's label (``true``, the empirical Fisher)."""
+
+    def score(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        target = logits.argmax(dim=1) if labels == "predicted" else label
+        return -F.cross_entropy(logits, target)
+
+    return score
+
+
+def mas_score(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """MAS's ``||z||_2^2``: the squared L2 norm of the seen-class logits of one image (the label
+    is not used: MAS needs none)."""
+    return logits.pow(2).sum()
+
+
+def per_image_importance(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    score: Score,
+    reduce: Literal["square", "abs"],
+    num_classes: int,
+    dist: Distributed = SINGLE,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """``mean_x reduce(d score(z(x)) / d theta)`` for every parameter of ``model`` that requires a
+    gradient, with ``z(x)`` the first ``num_classes`` logits of one image, and the number of
+    images: ``(importance by parameter name, images)``.
+
+    ``model`` is an :class:`~dfcil.models.IncrementalClassifier` (or any module whose output has
+    a ``logits`` attribute); it runs in eval mode, each image alone, in float32 without autocast,
+    and gets its training mode back afterwards; its parameters' ``.grad`` are left untouched. In
+    a multi-process run each rank passes its own images and the sums are added over ranks.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the model has no parameter that requires a gradient")
+    params = [p for _, p in named]
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        device_type = params[0].device.type
+        with torch.autocast(device_type=device_type, enabled=False), torch.enable_grad():
+            for batch in batches:
+                images = batch.images.float()
+                for index in range(len(images)):
+                    logits = model(images[index : index + 1]).logits[:, :num_classes].float()
+                    value = score(logits, batch.labels[index : index + 1])
+                    grads = torch.autograd.grad(value, params, allow_unused=True)
+                    for total, grad in zip(sums, grads):
+                        if grad is not None:
+                            total.add_(grad.float().square() if reduce == "square" else grad.float().abs())
+                    count += 1
+    finally:
+        model.train(was_training)
+    if dist.enabled:
+        for total in sums:
+            dist.sum_in_place(total)
+        count = int(dist.sum_in_place(torch.tensor(float(count), device=params[0].device)).item())
+    if count == 0:
+        raise ValueError("no image to estimate the importance from")
+    return {name: total / count for (name, _), total in zip(named, sums)}, count
+
+
+def task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, task: Task,
+                       kind: Literal["seen", "local"]) -> torch.Tensor:
+    """The classification loss of EWC and MAS: CE over the seen classes (``seen``) or over the
+    task's own classes (``local``)."""
+    if kind == "local":
+        return local_cross_entropy(logits, labels, task.start, task.stop)
+    return cross_entropy_seen(logits, labels, task.num_seen)
+
+
+def quadratic_penalty(model: nn.Module, importance: dict[str, torch.Tensor],
+                      anchors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``sum_i Omega_i (theta_i - theta*_i)^2`` over the parameters of ``model`` named in
+    ``anchors`` (float32 scalar; the parameters without an anchor, e.g. a new head, add nothing)."""
+    total: torch.Tensor | None = None
+    for name, parameter in model.named_parameters():
+        anchor = anchors.get(name)
+        if anchor is None:
+            continue
+        term = (importance[name] * (parameter.float() - anchor).square()).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("no parameter of the model has an anchor")
+    return total
+
+
+def accumulate(previous: dict[str, torch.Tensor], current: dict[str, torch.Tensor],
+               alpha: float | None) -> dict[str, torch.Tensor]:
+    """The importance after a task: ``previous + current`` (``alpha`` None) or the running
+    average ``alpha * previous + (1 - alpha) * current`` (FACIL's EWC, arXiv:2010.15277). A
+    parameter without a previous estimate (a head added since) counts as 0 there."""
+    out = {}
+    for name, new in current.items():
+        old = previous.get(name)
+        if old is None:
+            old = torch.zeros_like(new)
+        out[name] = old + new if alpha is None else alpha * old + (1.0 - alpha) * new
+    return out
+
+
+class AnchoredImportance:
+    """The accumulated importance, the anchors ``theta*`` (the parameters at the end of the last
+    task) and a summary of every task's estimate, resumable through :meth:`state_dict`."""
+
+    def __init__(self, alpha: float | None) -> None:
+        self.alpha = alpha
+        self.importance: dict[str, torch.Tensor] = {}
+        self.anchors: dict[str, torch.Tensor] = {}
+        self.estimates: list[dict[str, Any]] = []  # per task: images, mean and max of its estimate
+
+    @property
+    def ready(self) -> bool:
+        """Whether a task has been estimated (the penalty exists)."""
+        return bool(self.anchors)
+
+    def update(self, model: nn.Module, current: dict[str, torch.Tensor], images: int, task: int) -> None:
+        """Fold the estimate ``current`` of task ``task`` (1-based) in and anchor at ``model``'s
+        parameters now."""
+        values = torch.cat([v.flatten() for v in current.values()])
+        self.importance = accumulate(self.importance, current, self.alpha)
+        self.anchors = {name: p.detach().float().clone() for name, p in model.named_parameters() if name in current}
+        self.estimates = [e for e in self.estimates if e["task"] != task]
+        self.estimates.append({"task": task, "images": images, "mean": float(values.mean()),
+                               "max": float(values.max())})
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """:func:`quadratic_penalty` of ``model`` against the anchors."""
+        return quadratic_penalty(model, self.importance, self.anchors)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Importance, anchors and the estimates' summary."""
+        return {"importance": dict(self.importance), "anchors": dict(self.anchors),
+                "estimates": [dict(e) for e in self.estimates]}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        """Restore :meth:`state_dict` onto ``device``."""
+        self.importance = {k: v.to(device).clone() for k, v in state["importance"].items()}
+        self.anchors = {k: v.to(device).clone() for k, v in state["anchors"].items()}
+        self.estimates = [dict(e) for e in state["estimates"]]
