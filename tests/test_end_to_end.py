@@ -60,7 +60,8 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
     epochs = [r for r in log if r["event"] == "epoch"]
     per_task = len(epochs) // 2
     assert [(r["task"], r["epoch"]) for r in epochs] == [(t, e) for t in (1, 2) for e in range(1, per_task + 1)]
-    assert all(r["images_per_s"] > 0 and "ce" in r["losses"] for r in epochs)
+    classification = "bce" if method == "lwfmc" else "ce"  # LwF.MC's one term: the sigmoid BCE
+    assert all(r["images_per_s"] > 0 and classification in r["losses"] for r in epochs)
     # training accuracy of the second task rises (joint: a 4-way problem from scratch, ~40 -> ~65 %)
     assert epochs[-1]["train_accuracy"] > epochs[per_task]["train_accuracy"] + 10.0
     if method != "joint":
@@ -70,12 +71,16 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
         (4 if method == "joint" else 2) * images_per_class] * per_task
     if method == "lwf":
         assert "kd" not in epochs[0]["losses"] and epochs[per_task]["losses"]["kd"] > 0
+    if method in ("ewc", "mas"):  # the penalty around task 1's weights, from task 2 on
+        assert method not in epochs[0]["losses"] and epochs[per_task]["losses"][method] > 0
+        estimates = metrics["method_diagnostics"]["fisher" if method == "ewc" else "importance"]
+        assert [(e["task"], e["images"]) for e in estimates] == [(1, 2 * images_per_class), (2, 2 * images_per_class)]
     assert (run_dir / "checkpoints" / "task_2.pt").exists()
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "log.jsonl", "metrics.json", "run.json"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["finetune", "lwf"])
+@pytest.mark.parametrize("method", ["finetune", "lwf", "lwfmc", "ewc", "mas"])
 def test_smoke_run_learns(method, cifar, tmp_path, capsys):
     run_dir = tmp_path / method
     code, out, err = run_cli(

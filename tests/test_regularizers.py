@@ -3,11 +3,13 @@ values worked out by hand (or, for a network, by an independent per-image comput
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -18,6 +20,7 @@ from dfcil.methods import Batch, resolve_method
 from dfcil.methods.importance import (
     AnchoredImportance,
     accumulate,
+    batch_importance,
     fisher_score,
     mas_score,
     per_image_importance,
@@ -110,6 +113,20 @@ def test_fisher_of_a_linear_head_by_hand():
     assert torch.allclose(fisher["heads.0.weight"], torch.tensor([[s1**2, 1.0], [s1**2, 1.0]]) / 2)
 
 
+def test_facil_batch_fisher_of_a_linear_head_by_hand():
+    # both images in one batch: the gradient of the batch-mean CE is (g1 + g2) / 2 with the
+    # per-image gradients above, [[-s, -1], [s, 1]] / 2; squared, times B = 2, over N = 2 images
+    model = linear_model([[1.0, 0.0], [0.0, 0.0]])
+    batch = [Batch(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([1, 1]))]
+    fisher, images = batch_importance(model, batch, fisher_score("predicted"), "square", 2)
+    s = sigmoid(-1.0)
+    assert images == 2
+    assert torch.allclose(fisher["heads.0.weight"], torch.tensor([[s**2, 1.0], [s**2, 1.0]]) / 4)
+    # one image per batch: the per-image estimate
+    fisher, _ = batch_importance(model, two_images(), fisher_score("predicted"), "square", 2)
+    assert torch.allclose(fisher["heads.0.weight"], torch.tensor([[s**2, 1.0], [s**2, 1.0]]) / 2)
+
+
 def test_mas_importance_of_a_linear_head_by_hand():
     # ||W x||^2 has the gradient 2 (W x) x^T. W = [[1, 2], [3, 4]]:
     # x1 = (1, 0): z = (1, 3) -> [[2, 0], [6, 0]];  x3 = (0, -1): z = (-2, -4) -> [[0, 4], [0, 8]]
@@ -191,6 +208,33 @@ def test_importance_of_a_network_equals_the_mean_of_per_image_gradients(kind):
         assert expected.abs().sum() > 0, name  # every parameter takes part
 
 
+@pytest.mark.parametrize("kind", ["fisher", "mas"])
+def test_facil_batch_estimate_of_a_network_restores_its_batchnorm_statistics(kind):
+    model = conv_model()
+    model.eval()
+    images, labels = torch.randn(7, 3, 6, 6), torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    batches = [Batch(images[:4], labels[:4]), Batch(images[4:], labels[4:])]
+    score = mas_score if kind == "mas" else fisher_score("true")
+    reduce = "abs" if kind == "mas" else "square"
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    importance, count = batch_importance(model, batches, score, reduce, 5)
+    assert count == 7 and not model.training
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+    assert all(p.grad is None for p in model.parameters())
+    # independently: batch gradients of a copy in training mode
+    reference = copy.deepcopy(model).train()
+    expected = {k: torch.zeros_like(v) for k, v in reference.named_parameters()}
+    for batch in batches:
+        reference.zero_grad()
+        z = reference(batch.images).logits[:, :5]
+        value = (z**2).sum(dim=1).mean() if kind == "mas" else -F.cross_entropy(z, batch.labels)
+        value.backward()
+        for k, p in reference.named_parameters():
+            expected[k] += len(batch.labels) * (p.grad.abs() if kind == "mas" else p.grad.square())
+    for name, value in expected.items():
+        assert torch.allclose(importance[name], value / 7, rtol=1e-5, atol=1e-10), name
+
+
 # --- accumulation and penalty --------------------------------------------------------------------------------
 def test_accumulation_running_average_and_sum():
     old = {"a": torch.tensor([2.0, 4.0])}
@@ -208,7 +252,7 @@ def test_penalty_by_hand_and_the_new_head_is_free():
     model = linear_model([[1.0, 2.0], [3.0, 4.0]])
     anchored = AnchoredImportance(alpha=None)
     anchored.update(model, {"heads.0.weight": torch.tensor([[1.0, 0.0], [2.0, 0.5]])}, images=3, task=1)
-    assert anchored.ready and anchored.estimates == [{"task": 1, "images": 3, "mean": 0.875, "max": 2.0}]
+    assert anchored.ready and anchored.estimates == [{"task": 1, "images": 3, "mean": 0.875, "max": 2.0, "clamped": 0.0}]
     new_head = model.add_head(1)
     assert anchored.penalty(model).item() == 0.0  # at the anchor
     with torch.no_grad():
@@ -223,6 +267,15 @@ def test_penalty_by_hand_and_the_new_head_is_free():
     assert torch.equal(model.heads[0].weight.grad, torch.tensor([[2.0, 0.0], [-8.0, 2.0]]))
     with pytest.raises(ValueError):
         quadratic_penalty(model, {}, {})
+
+
+def test_clamp_cuts_each_estimate_before_it_is_merged():
+    model = linear_model([[1.0, 2.0], [3.0, 4.0]])
+    anchored = AnchoredImportance(alpha=0.5)
+    anchored.update(model, {"heads.0.weight": torch.tensor([[1e-5, 3e-4], [2e-4, 0.0]])}, 2, 1, clamp=1e-4)
+    # min(F, 1e-4), then 0.5 * 0 + 0.5 * that
+    assert torch.allclose(anchored.importance["heads.0.weight"], torch.tensor([[0.5e-5, 0.5e-4], [0.5e-4, 0.0]]))
+    assert anchored.estimates[0]["clamped"] == 0.5 and anchored.estimates[0]["max"] == pytest.approx(3e-4)
 
 
 def test_anchored_importance_round_trips_its_state():

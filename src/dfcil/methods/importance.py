@@ -9,10 +9,17 @@ over the seen classes (``z``):
 * MAS (Aljundi et al., arXiv:1711.09601, Eq. 2): ``s = ||z||_2^2`` and ``Omega_i = mean_x
   |ds/dtheta_i|`` (:func:`mas_score`).
 
-The mean is over every real training image of the task, one gradient per image (the definitions
-above; a batch gradient squared is a different, noisier estimate), taken with the model in eval
-mode (BatchNorm with its running statistics, so that an image's gradient does not depend on the
-others in its batch and the pass changes no running statistic), in float32 and without autocast.
+Two estimates, both in float32 without autocast, over every real training image of the task:
+
+* :func:`per_image_importance`: the definitions above, one gradient per image, with the model in
+  eval mode (BatchNorm with its running statistics, so that an image's gradient does not depend
+  on the others in its batch);
+* :func:`batch_importance`: FACIL's (arXiv:2010.15277) and the MAS code's, one gradient per batch
+  of the batch-mean score, the model in training mode, ``reduce(g_batch) * B`` summed and divided
+  by the number of images: a much smaller estimate on a network with BatchNorm, for which the
+  usual lambdas (FACIL's EWC 5000) were set.
+
+Neither changes the model (its BatchNorm statistics and training mode are put back).
 :class:`AnchoredImportance` accumulates the estimates over tasks, keeps the parameters of the
 end of the last task (the anchors ``theta*``) and gives the penalty
 ``sum_i Omega_i (theta_i - theta*_i)^2`` over the parameters that have an anchor: the backbone and
@@ -49,9 +56,9 @@ def fisher_score(labels: Literal["predicted", "true"]) -> Score:
 
 
 def mas_score(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """MAS's ``||z||_2^2``: the squared L2 norm of the seen-class logits of one image (the label
-    is not used: MAS needs none)."""
-    return logits.pow(2).sum()
+    """MAS's ``||z||_2^2``: the squared L2 norm of the seen-class logits, the mean over the rows
+    (one image: its own; the label is not used: MAS needs none)."""
+    return logits.pow(2).sum(dim=1).mean()
 
 
 def per_image_importance(
@@ -101,6 +108,70 @@ def per_image_importance(
     if count == 0:
         raise ValueError("no image to estimate the importance from")
     return {name: total / count for (name, _), total in zip(named, sums)}, count
+
+
+def batch_importance(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    score: Score,
+    reduce: Literal["square", "abs"],
+    num_classes: int,
+    dist: Distributed = SINGLE,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """FACIL's estimate (arXiv:2010.15277, its ``compute_fisher_matrix_diag`` and MAS's
+    ``estimate_parameter_importance``): ``sum_b B_b reduce(d mean_b score / d theta) / N`` over the
+    batches ``b`` of ``B_b`` images, ``N`` images in all, the model in training mode (BatchNorm
+    with the batch's statistics), as the authors' code computes it. The batch gradient averages
+    the images' gradients before squaring, and the batch statistics couple them: on a trained
+    ResNet-32 its values are tens to thousands of times smaller than :func:`per_image_importance`'s,
+    and FACIL's lambda (5000 for EWC) is set for them. The BatchNorm running statistics this
+    forward would update are put back, and the training mode too; ``.grad`` is left untouched.
+    Same return value as :func:`per_image_importance`."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the model has no parameter that requires a gradient")
+    params = [p for _, p in named]
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    count = 0
+    was_training = model.training
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    model.train()
+    try:
+        with torch.autocast(device_type=params[0].device.type, enabled=False), torch.enable_grad():
+            for batch in batches:
+                logits = model(batch.images.float()).logits[:, :num_classes].float()
+                grads = torch.autograd.grad(score(logits, batch.labels), params, allow_unused=True)
+                size = len(batch.labels)
+                for total, grad in zip(sums, grads):
+                    if grad is not None:
+                        total.add_(grad.float().square() if reduce == "square" else grad.float().abs(), alpha=size)
+                count += size
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        model.train(was_training)
+    if dist.enabled:
+        for total in sums:
+            dist.sum_in_place(total)
+        count = int(dist.sum_in_place(torch.tensor(float(count), device=params[0].device)).item())
+    if count == 0:
+        raise ValueError("no image to estimate the importance from")
+    return {name: total / count for (name, _), total in zip(named, sums)}, count
+
+
+def estimate_importance(
+    estimate: Literal["batch", "per_image"],
+    model: nn.Module,
+    batches: Iterable[Batch],
+    score: Score,
+    reduce: Literal["square", "abs"],
+    num_classes: int,
+    dist: Distributed = SINGLE,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """:func:`batch_importance` (``batch``) or :func:`per_image_importance` (``per_image``)."""
+    function = batch_importance if estimate == "batch" else per_image_importance
+    return function(model, batches, score, reduce, num_classes, dist)
 
 
 def task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, task: Task,
@@ -157,15 +228,22 @@ class AnchoredImportance:
         """Whether a task has been estimated (the penalty exists)."""
         return bool(self.anchors)
 
-    def update(self, model: nn.Module, current: dict[str, torch.Tensor], images: int, task: int) -> None:
-        """Fold the estimate ``current`` of task ``task`` (1-based) in and anchor at ``model``'s
-        parameters now."""
+    def update(self, model: nn.Module, current: dict[str, torch.Tensor], images: int, task: int,
+               clamp: float | None = None) -> None:
+        """Fold the estimate ``current`` of task ``task`` (1-based) in, each value first clamped at
+        ``clamp`` when given (PyCIL's ``fishermax``), and anchor at ``model``'s parameters now.
+        The summary keeps the estimate's mean and max before the clamp, and the share of the
+        values the clamp cut."""
         values = torch.cat([v.flatten() for v in current.values()])
+        clamped = 0.0
+        if clamp is not None:
+            clamped = float((values > clamp).float().mean())
+            current = {name: v.clamp(max=clamp) for name, v in current.items()}
         self.importance = accumulate(self.importance, current, self.alpha)
         self.anchors = {name: p.detach().float().clone() for name, p in model.named_parameters() if name in current}
         self.estimates = [e for e in self.estimates if e["task"] != task]
         self.estimates.append({"task": task, "images": images, "mean": float(values.mean()),
-                               "max": float(values.max())})
+                               "max": float(values.max()), "clamped": clamped})
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """:func:`quadratic_penalty` of ``model`` against the anchors."""

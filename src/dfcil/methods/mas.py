@@ -1,16 +1,22 @@
 """MAS - Memory Aware Synapses (Aljundi et al., arXiv:1711.09601), the global version.
 
 After each task, the importance of every parameter is estimated on the task's real training
-images, one gradient per image, with the model in eval mode (:mod:`dfcil.methods.importance`):
+images (:mod:`dfcil.methods.importance`): the paper's Eq. 2 with its global function
+``F = l2^2`` of the output (Sec. 4.1),
 
-``Omega_i = mean_x | d ||z(x)||_2^2 / d theta_i |`` (the paper's Eq. 2 with its global function
-``F = l2^2`` of the output, Sec. 4.1),
+``Omega_i = mean_x | d ||z(x)||_2^2 / d theta_i |``,
 
 where the output ``z(x)`` is the vector of the logits of every class seen so far (the
 concatenated heads, before any softmax: the "learned function" of a class-incremental model; no
-label is used). The estimates are added over tasks, ``Omega <- Omega + Omega_t`` (MAS's own
-accumulation; ``alpha: 0.5`` gives FACIL's running average ``alpha Omega + (1 - alpha) Omega_t``,
-arXiv:2010.15277), and the parameters of the end of the task become the anchors ``theta*``.
+label is used). ``estimate: batch`` (the default) computes it as the authors' code and FACIL
+(arXiv:2010.15277) do: one gradient of the batch mean of ``||z||^2`` per training batch, the model
+in training mode, ``|g_batch| * B`` summed and divided by the number of images; ``estimate:
+per_image`` takes one gradient per image (eval mode), the equation literally, which is larger
+(the absolute value is taken before the mean) and with lambda 1 diverges on this project's
+schedules (smoke protocol, SGD lr 0.05, momentum 0.9: a NaN loss in the second epoch of task 2).
+The estimates are added over tasks, ``Omega <- Omega + Omega_t`` (MAS's own accumulation;
+``alpha: 0.5`` gives FACIL's running average ``alpha Omega + (1 - alpha) Omega_t``), and the
+parameters of the end of the task become the anchors ``theta*``.
 
 Training of task t > 1: ``L = CE + lambda sum_i Omega_i (theta_i - theta*_i)^2`` (the paper's
 Eq. 3: no 1/2; the ``mas`` term is the sum, weighted by lambda) over the parameters that existed at
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dfcil.methods.base import Batch, Loss, Method, Phase, RunEnv, StepResult
-from dfcil.methods.importance import AnchoredImportance, mas_score, per_image_importance, task_cross_entropy
+from dfcil.methods.importance import AnchoredImportance, estimate_importance, mas_score, task_cross_entropy
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Task
 from dfcil.schema import join, require
@@ -42,6 +48,9 @@ class MASOptions:
     lamb: float = 1.0  # lambda of the paper's Eq. 3
     alpha: float | None = None  # null: Omega <- Omega + Omega_t; a number: alpha Omega + (1 - alpha) Omega_t
     ce: Literal["seen", "local"] = "seen"  # CE over all seen classes, or over the new ones only
+    # batch: FACIL's estimate (train mode, one gradient per batch), for which lambda is set;
+    # per_image: the paper's definition (eval mode, one gradient per image), a far larger estimate
+    estimate: Literal["batch", "per_image"] = "batch"
     batch_size: int | None = None  # images per batch of the importance pass (None: train.batch_size)
 
     def validate(self, path: str) -> None:
@@ -75,7 +84,8 @@ class MAS(Method):
     def finish_task(self, model: IncrementalClassifier, task: Task) -> None:
         """Estimate the task's importance on its real images, add it, anchor at the current weights."""
         batches = self.env.task_batches(task, batch_size=self.options.batch_size)
-        current, images = per_image_importance(model, batches, mas_score, "abs", task.num_seen, self.env.dist)
+        current, images = estimate_importance(self.options.estimate, model, batches, mas_score, "abs",
+                                              task.num_seen, self.env.dist)
         self.omega.update(model, current, images, task.index + 1)
 
     def diagnostics(self) -> dict[str, Any]:
