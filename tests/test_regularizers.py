@@ -341,3 +341,13 @@ def test_options_are_checked():
         resolve_method({"name": "ewc", "fisher_labels": "sampled"})
     with pytest.raises(ConfigError, match="method.reduction"):
         resolve_method({"name": "lwfmc", "reduction": "sum"})
+
+
+def test_facil_batch_estimate_passes_over_a_trailing_batch_of_one_image():
+    model = conv_model()
+    images, labels = torch.randn(5, 3, 6, 6), torch.tensor([0, 1, 2, 3, 4])
+    whole, count = batch_importance(model, [Batch(images[:4], labels[:4])], mas_score, "abs", 5)
+    with_one_over, count_one_over = batch_importance(
+        model, [Batch(images[:4], labels[:4]), Batch(images[4:], labels[4:])], mas_score, "abs", 5)
+    assert count == count_one_over == 4
+    assert all(torch.equal(whole[k], with_one_over[k]) for k in whole)

@@ -125,7 +125,9 @@ def batch_importance(
     the images' gradients before squaring, and the batch statistics couple them: on a trained
     ResNet-32 its values are tens to thousands of times smaller than :func:`per_image_importance`'s,
     and FACIL's lambda (5000 for EWC) is set for them. The BatchNorm running statistics this
-    forward would update are put back, and the training mode too; ``.grad`` is left untouched.
+    forward would update are put back, and the training mode too; ``.grad`` is left untouched. A
+    batch of one image (the last of a task whose size leaves one over) is passed over: BatchNorm's
+    batch statistics need two, and the engine's training epochs drop such a batch too.
     Same return value as :func:`per_image_importance`."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -135,10 +137,13 @@ def batch_importance(
     count = 0
     was_training = model.training
     buffers = {name: b.clone() for name, b in model.named_buffers()}
+    batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
     model.train()
     try:
         with torch.autocast(device_type=params[0].device.type, enabled=False), torch.enable_grad():
             for batch in batches:
+                if len(batch.labels) < 2 and batch_norm:
+                    continue  # BatchNorm in training mode needs two images (a trailing batch of one)
                 logits = model(batch.images.float()).logits[:, :num_classes].float()
                 grads = torch.autograd.grad(score(logits, batch.labels), params, allow_unused=True)
                 size = len(batch.labels)
