@@ -94,7 +94,8 @@ def test_a_kill_inside_generator_training_resumes_exactly(method, tmp_path):
     assert steps == list(range(1, 7))
 
 
-EVERY_METHOD = {"finetune": {}, "lwf": {}, "joint": {}, **METHODS, "rdfcil": {**GENERATOR, "refine_epochs": 2}}
+EVERY_METHOD = {"finetune": {}, "lwf": {}, "joint": {}, "lwfmc": {}, "ewc": {}, "mas": {}, **METHODS,
+                "rdfcil": {**GENERATOR, "refine_epochs": 2}}
 
 
 class KilledInTheLastPhase(Trainer):

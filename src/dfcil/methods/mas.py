@@ -1,0 +1,101 @@
+"""MAS - Memory Aware Synapses (Aljundi et al., arXiv:1711.09601), the global version.
+
+After each task, the importance of every parameter is estimated on the task's real training
+images (:mod:`dfcil.methods.importance`): the paper's Eq. 2 with its global function
+``F = l2^2`` of the output (Sec. 4.1),
+
+``Omega_i = mean_x | d ||z(x)||_2^2 / d theta_i |``,
+
+where the output ``z(x)`` is the vector of the logits of every class seen so far (the
+concatenated heads, before any softmax: the "learned function" of a class-incremental model; no
+label is used). ``estimate: batch`` (the default) computes it as the authors' code and FACIL
+(arXiv:2010.15277) do: one gradient of the batch mean of ``||z||^2`` per training batch, the model
+in training mode, ``|g_batch| * B`` summed and divided by the number of images; ``estimate:
+per_image`` takes one gradient per image (eval mode), the equation literally, which is larger
+(the absolute value is taken before the mean) and with lambda 1 diverges on this project's
+schedules (smoke protocol, SGD lr 0.05, momentum 0.9: a NaN loss in the second epoch of task 2).
+The estimates are added over tasks, ``Omega <- Omega + Omega_t`` (MAS's own accumulation;
+``alpha: 0.5`` gives FACIL's running average ``alpha Omega + (1 - alpha) Omega_t``), and the
+parameters of the end of the task become the anchors ``theta*``.
+
+Training of task t > 1: ``L = CE + lambda sum_i Omega_i (theta_i - theta*_i)^2`` (the paper's
+Eq. 3: no 1/2; the ``mas`` term is the sum, weighted by lambda) over the parameters that existed at
+the end of the previous task: the backbone and the old heads, not the new head. CE is over all
+seen classes as for ``finetune`` and ``lwf`` (``ce: local``: over the new classes only, as FACIL's
+MAS without exemplars). lambda = 1, the paper's code's value (and FACIL's default): MFGR
+(arXiv:2109.00328), which reports MAS as a baseline (its Tables 5-8), does not give its settings.
+
+The first task is plain CE, but the importance estimated at its end is read in the second task:
+a run cannot start from another method's first task (``plain_first_task`` is false).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dfcil.methods.base import Batch, Loss, Method, Phase, RunEnv, StepResult
+from dfcil.methods.importance import AnchoredImportance, estimate_importance, mas_score, task_cross_entropy
+from dfcil.models import IncrementalClassifier
+from dfcil.scenario import Task
+from dfcil.schema import join, require
+
+
+@dataclass(frozen=True)
+class MASOptions:
+    """Options of ``mas`` (defaults: the MAS paper and its code)."""
+
+    lamb: float = 1.0  # lambda of the paper's Eq. 3
+    alpha: float | None = None  # null: Omega <- Omega + Omega_t; a number: alpha Omega + (1 - alpha) Omega_t
+    ce: Literal["seen", "local"] = "seen"  # CE over all seen classes, or over the new ones only
+    # batch: FACIL's estimate (train mode, one gradient per batch), for which lambda is set;
+    # per_image: the paper's definition (eval mode, one gradient per image), a far larger estimate
+    estimate: Literal["batch", "per_image"] = "batch"
+    batch_size: int | None = None  # images per batch of the importance pass (None: train.batch_size)
+
+    def validate(self, path: str) -> None:
+        """Check value ranges."""
+        require(self.lamb >= 0, join(path, "lamb"), "must be >= 0")
+        require(self.alpha is None or 0 <= self.alpha < 1, join(path, "alpha"), "must be in [0, 1) or null")
+        require(self.batch_size is None or self.batch_size >= 1, join(path, "batch_size"), "must be >= 1")
+
+
+class MAS(Method):
+    """CE plus the quadratic penalty of the accumulated output sensitivity around the last task's weights."""
+
+    name = "mas"
+    description = "Memory Aware Synapses: CE + lambda sum Omega (theta - theta*)^2, Omega = mean |d||logits||^2/dtheta| (lambda 1)"
+    Options = MASOptions
+    plain_first_task = False  # the importance of the first task is read in the second
+
+    def __init__(self, options: MASOptions, env: RunEnv) -> None:
+        super().__init__(options, env)
+        self.options: MASOptions = options
+        self.omega = AnchoredImportance(options.alpha)
+
+    def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
+        """CE, plus lambda * the importance penalty after the first task."""
+        logits = model(batch.images).logits
+        losses = {"ce": Loss(task_cross_entropy(logits, batch.labels, task, self.options.ce))}
+        if task.num_old and self.omega.ready:
+            losses["mas"] = Loss(self.omega.penalty(model), self.options.lamb)
+        return StepResult(losses, logits)
+
+    def finish_task(self, model: IncrementalClassifier, task: Task) -> None:
+        """Estimate the task's importance on its real images, add it, anchor at the current weights."""
+        batches = self.env.task_batches(task, batch_size=self.options.batch_size)
+        current, images = estimate_importance(self.options.estimate, model, batches, mas_score, "abs",
+                                              task.num_seen, self.env.dist)
+        self.omega.update(model, current, images, task.index + 1)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Mean and max of every task's importance estimate (before accumulating) and its image count."""
+        return {"importance": [dict(e) for e in self.omega.estimates]} if self.omega.estimates else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated importance, the anchors and the estimates' summary."""
+        return {"importance": self.omega.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.omega.load_state_dict(state["importance"], self.env.device)
