@@ -22,8 +22,9 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 FULL_DATA = ["--set", "train.epochs=3", "--set", "data.train_per_class=null", "--set", "runtime.progress=false"]
 
 
-def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
-    """What every smoke run of a baseline must show: learning, forgetting where expected, files."""
+def check_smoke_run(run_dir: Path, method: str, images_per_class: int, more_files: tuple[str, ...] = ()) -> None:
+    """What every smoke run of a baseline must show: learning, forgetting where expected, files
+    (``more_files``: the method's own, e.g. ``synthesis``)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["complete"] and metrics["method"] == method
     assert metrics["class_order"] == [23, 8, 11, 7] and metrics["tasks"] == [[23, 8], [11, 7]]
@@ -71,7 +72,8 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int) -> None:
     if method == "lwf":
         assert "kd" not in epochs[0]["losses"] and epochs[per_task]["losses"]["kd"] > 0
     assert (run_dir / "checkpoints" / "task_2.pt").exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "log.jsonl", "metrics.json", "run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        ["checkpoints", "config.yaml", "log.jsonl", "metrics.json", "run.json", *more_files])
 
 
 @pytest.mark.slow
@@ -84,6 +86,30 @@ def test_smoke_run_learns(method, cifar, tmp_path, capsys):
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["run_dir"] == str(run_dir)
     check_smoke_run(run_dir, method, images_per_class=500)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pass", "dgr"])
+def test_pass_and_dgr_smoke_runs_learn(method, cifar, tmp_path, capsys):
+    """PASS (rotations: 4 images per image) and DGR (a VAE trained after task 1, 3 epochs of 32 steps,
+    as many as the solver's) learn both tasks; PASS keeps 4 class means, DGR replays task 1."""
+    run_dir = tmp_path / method
+    code, _, err = run_cli(
+        ["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", f"method.name={method}", *FULL_DATA], capsys
+    )
+    assert code == 0, err
+    check_smoke_run(run_dir, method, images_per_class=500, more_files=("synthesis",) if method == "dgr" else ())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if r["event"] == "epoch"]
+    if method == "pass":
+        assert metrics["method_diagnostics"]["prototypes"]["classes"] == 4
+        assert {"ce", "kd", "proto_aug"} <= set(epochs[-1]["losses"])
+    else:
+        assert [t["steps"] for t in metrics["method_diagnostics"]["generator"]["trainings"]] == [96]
+        generator = [r for r in log if r["event"] == "synthesis"]
+        assert generator[-1]["recon"] < generator[0]["recon"]  # the VAE learned something
+        assert {"ce", "kd"} <= set(epochs[-1]["losses"])
 
 
 @pytest.mark.slow
