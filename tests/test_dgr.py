@@ -133,12 +133,13 @@ def test_solver_step_by_hand(tmp_path, one_thread):
     from dfcil.methods.base import Batch
 
     state = trainer.device_generator.get_state()
-    result = method.training_step(model, Batch(images, labels), task, None)  # type: ignore[arg-type]
+    with torch.no_grad():
+        result = method.training_step(model, Batch(images, labels), task, None)  # type: ignore[arg-type]
     trainer.device_generator.set_state(state)
     replayed = method.replay(4)
     old_logits = method.old(replayed).logits[:, :2]
     pseudo = old_logits.argmax(dim=1)
-    logits = model(torch.cat([images, replayed])).logits
+    logits = model(torch.cat([images, replayed])).logits.detach()
     # r = n_old / n_seen = 1/2: every image weighs 1/2 here
     ce = F.cross_entropy(logits, torch.cat([labels, pseudo]), reduction="none")
     assert float(result.losses["ce"].value) == pytest.approx(float((0.5 * ce).mean()), rel=1e-5)
@@ -166,3 +167,23 @@ def test_a_run_keeps_its_generator_in_the_state_and_logs_its_training(tmp_path, 
         p.numel() for p in trainer.method.generator.parameters())
     assert [t["steps"] for t in generator["trainings"]] == [6]
     assert (tmp_path / "run" / "synthesis" / "task_2.png").exists()  # what task 2 replayed
+
+
+def test_log_truncation_drops_a_killed_finish_task_s_records(tmp_path):
+    """A method's finish_task records (``finish_task: true``) come after the task's last epoch
+    checkpoint: a run resumed from any checkpoint of that task writes them again, a run resumed
+    after the task keeps them."""
+    from dfcil.engine.checkpoint import Position
+    from dfcil.runlog import RunLog
+
+    log = RunLog(tmp_path / "log.jsonl")
+    for record in (
+        {"event": "epoch", "task": 1, "phase_index": 0, "epoch": 1},
+        {"event": "synthesis", "task": 1, "step": 1, "finish_task": True},
+        {"event": "synthesis", "task": 1, "step": 2, "finish_task": True},
+    ):
+        log.append(record)
+    log.truncate_after(Position(task=0, phase=0, epoch=1, task_done=True))
+    assert len(log.records) == 3
+    log.truncate_after(Position(task=0, phase=0, epoch=1, task_done=False))
+    assert [r["event"] for r in RunLog(tmp_path / "log.jsonl").records] == ["epoch"]

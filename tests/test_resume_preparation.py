@@ -113,7 +113,7 @@ class KilledInTheLastPhase(Trainer):
 
 @pytest.mark.parametrize(
     "method",  # the generator methods take 20-40 s each: slow; the others stay in the quick lane
-    [pytest.param(m, marks=pytest.mark.slow) if m in METHODS or m == "dgr" else m for m in sorted(EVERY_METHOD)],
+    [pytest.param(m, marks=pytest.mark.slow) if m in METHODS else m for m in sorted(EVERY_METHOD)],
 )
 def test_a_kill_inside_the_last_phase_of_task_2_resumes_exactly(method, tmp_path):
     config = _config(method, epochs=2, options=EVERY_METHOD[method])
@@ -134,7 +134,6 @@ class KilledInsideFinishTask(Trainer):
             raise Killed
 
 
-@pytest.mark.slow
 def test_a_kill_inside_dgr_generator_training_in_finish_task_resumes_exactly(tmp_path):
     """finish_task writes no checkpoint: the run resumes from the task's last epoch checkpoint, trains
     the generator again from its first step with the same random numbers, and ends as the run that
