@@ -47,7 +47,8 @@ from conftest import coloured_dataset
 
 #: Option names (at any depth of a method's options) shrunk to a budget that runs in seconds:
 #: generator steps (``synthesis.steps``), SKD's delegator iterations, their batches and log windows,
-#: R-DFCIL's refinement epochs (2, so that a resume inside the refinement continues in its epoch 2).
+#: R-DFCIL's refinement epochs (2, so that a resume inside the refinement continues in its epoch 2),
+#: the width of DGR's VAE.
 BUDGETS: dict[str, int] = {
     "steps": 2,
     "iterations": 2,
@@ -57,6 +58,7 @@ BUDGETS: dict[str, int] = {
     "lr_decay_every": 1,
     "div_pairs": 4,
     "refine_epochs": 2,
+    "width": 4,  # DGR's VAE: 4 channels in its first convolution (ABD's 64 has 29 M parameters)
 }
 BATCH = 8  # real images per step
 EPOCHS = 2  # of the main phase: a resume after epoch 1 continues in epoch 2

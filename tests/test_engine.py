@@ -376,6 +376,7 @@ class PassInFinishMethod(Method):
     def finish_task(self, model, task):
         if self.passes:
             self.seen[task.index] = list(self.env.task_batches(task, batch_size=10))
+            self.env.log({"event": "pass_done", "batches": len(self.seen[task.index])})
 
 
 def test_task_batches_give_every_real_image_of_the_task_once_and_change_nothing(tmp_path):
@@ -396,5 +397,8 @@ def test_task_batches_give_every_real_image_of_the_task_once_and_change_nothing(
         index = trainer.train_data.indices_of(task.start, task.stop)
         expected = trainer.normalizer(trainer.train_data.store.gather(index))
         assert torch.equal(torch.cat([b.images for b in batches]), expected)  # in index order, not augmented
+    # a record logged inside finish_task carries its task and the mark a resume drops it by
+    assert [r for r in trainer.log.records if r["event"] == "pass_done"] == [
+        {"event": "pass_done", "batches": 4, "task": t, "finish_task": True} for t in (1, 2)]
     shuffled = list(trainer.env.task_batches(trainer.scenario.tasks[1], augment=True, shuffle=True))
     assert sum(len(b.labels) for b in shuffled) == 32 and len(shuffled) == 2  # train.batch_size 16

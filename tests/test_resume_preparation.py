@@ -1,6 +1,7 @@
 """Exact resume for every method: a run killed inside a generator's or SKD's delegator's training
-(before the task's first epoch), or inside the last phase of task 2 (R-DFCIL: its refinement),
-resumes there and ends exactly as the run that was never killed: weights, metrics and log."""
+(before the task's first epoch), or inside the last phase of task 2 (R-DFCIL: its refinement), or
+inside DGR's generator training (in finish_task, after the task's last epoch), resumes there and
+ends exactly as the run that was never killed: weights, metrics and log."""
 
 from __future__ import annotations
 
@@ -94,8 +95,10 @@ def test_a_kill_inside_generator_training_resumes_exactly(method, tmp_path):
     assert steps == list(range(1, 7))
 
 
+# DGR trains its generator in finish_task (task 1's replays in task 2): a small VAE, 6 steps
+DGR = {"generator": {"steps": 6, "batch_size": 8, "log_every": 1, "width": 4}}
 EVERY_METHOD = {"finetune": {}, "lwf": {}, "joint": {}, "lwfmc": {}, "ewc": {}, "mas": {}, **METHODS,
-                "rdfcil": {**GENERATOR, "refine_epochs": 2}}
+                "rdfcil": {**GENERATOR, "refine_epochs": 2}, "pass": {}, "dgr": DGR}
 
 
 class KilledInTheLastPhase(Trainer):
@@ -120,3 +123,24 @@ def test_a_kill_inside_the_last_phase_of_task_2_resumes_exactly(method, tmp_path
     if method == "rdfcil":  # killed inside the refinement, as the position said
         refine = [r["epoch"] for r in resumed.log.records if r["event"] == "epoch" and r["phase"] == "refine"]
         assert checkpoint.position.phase == 1 and refine == [1, 2]
+
+
+class KilledInsideFinishTask(Trainer):
+    """Killed inside task 1's finish_task, after DGR's generator step KILL_AT (and its record)."""
+
+    def _method_log(self, record) -> None:
+        super()._method_log(record)
+        if record.get("event") == "synthesis" and record.get("task") == 1 and record["step"] == KILL_AT:
+            raise Killed
+
+
+def test_a_kill_inside_dgr_generator_training_in_finish_task_resumes_exactly(tmp_path):
+    """finish_task writes no checkpoint: the run resumes from the task's last epoch checkpoint, trains
+    the generator again from its first step with the same random numbers, and ends as the run that
+    was never killed (its records of the killed training are dropped, not doubled)."""
+    checkpoint, resumed = _kill_and_resume(_config("dgr", epochs=2, options=DGR), KilledInsideFinishTask, tmp_path)
+    assert checkpoint.position == ckpt.Position(task=0, phase=0, epoch=2, task_done=False)
+    assert checkpoint.method["generator"] is None and checkpoint.method["trainings"] == []
+    steps = [(r["task"], r["step"]) for r in resumed.log.records if r["event"] == "synthesis"]
+    assert steps == [(1, step) for step in range(1, 7)]  # none after the last task
+    assert resumed.method.state_dict()["trainings"][0]["steps"] == 6

@@ -286,7 +286,7 @@ def test_time_left_is_estimated_from_complete_runs_that_differ_only_in_seed(tmp_
 
 def test_shipped_suites_are_valid():
     mini = load_suite(REPO / "suites" / "mini.yaml")
-    assert len(mini.runs) == 12 * 3  # 11 methods + MFGR's own LwF baseline (mfgr-lwf)
+    assert len(mini.runs) == 14 * 3  # 13 methods + MFGR's own LwF baseline (mfgr-lwf)
     skd = load_suite(REPO / "suites" / "mini_skd.yaml")  # bn_eps 1.0e-5 reaches the run as a number
     assert len(skd.runs) == 10 * 3
     assert len(load_suite(REPO / "suites" / "mini_budget.yaml").runs) == 6 * 3

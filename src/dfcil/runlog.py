@@ -72,6 +72,9 @@ class RunLog:
             elif record.get("event") == "eval":
                 task = record["task"] - 1
                 later = task > position.task or (task == position.task and not position.task_done)
+            elif record.get("finish_task"):  # a method's finish_task: after the task's last epoch checkpoint
+                task = record["task"] - 1
+                later = task > position.task or (task == position.task and not position.task_done)
             elif "task" in record:  # e.g. synthesis records, written before the task's first epoch
                 task = record["task"] - 1
                 later = task > position.task or (

@@ -139,6 +139,7 @@ class Trainer:
         self._last_save = -math.inf  # time.monotonic() of the last checkpoint
         self._run_step: StepRunner = lambda closure: closure()
         self._preparing: int | None = None  # index of the task whose prepare_task is running
+        self._finishing: int | None = None  # index of the task whose finish_task is running
         self._clock = (0.0, time.perf_counter())  # (wall time of earlier sessions, this session's start)
 
     # ------------------------------------------------------------------------------------
@@ -305,16 +306,22 @@ class Trainer:
 
     def _method_log(self, record: dict[str, Any]) -> None:
         """A method's log record: into ``log.jsonl``, and a generator's or delegator's progress
-        also as a message (one line per logged window) when ``runtime.progress`` is on."""
+        also as a message (one line per logged window) when ``runtime.progress`` is on. A record
+        logged inside ``finish_task`` is marked ``finish_task: true`` (and gets the task): a resume
+        from the task's last epoch checkpoint drops it and the redone ``finish_task`` logs it again."""
+        if self._finishing is not None:
+            record = {**record, "task": record.get("task", self._finishing + 1), "finish_task": True}
         self.log.append(record)
         if not (self.config.runtime.progress and self.dist.is_main) or record.get("event") not in ("synthesis", "delegator"):
             return
         done, total = (record["step"], record.get("steps")) if "step" in record else (record["iteration"], None)
         rate = record.get("steps_per_s", record.get("iterations_per_s"))
         what = "generator step" if record["event"] == "synthesis" else "delegator iteration"
-        logger.info(f"task {record.get('task', '?')} {what} {done}/{total or '?'}: loss {record.get('total', math.nan):.4f} "
-                 f"old-model confidence {record.get('confidence', math.nan):.3f} coverage {record.get('coverage', math.nan):.2f}"
-                 + (f" {rate:.2f}/s" if rate else ""))
+        # a data-free generator reports the old model's confidence and coverage; DGR's VAE has none
+        inverted = (f" old-model confidence {record['confidence']:.3f} coverage {record.get('coverage', math.nan):.2f}"
+                    if "confidence" in record else "")
+        logger.info(f"task {record.get('task', '?')} {what} {done}/{total or '?'}: loss {record.get('total', math.nan):.4f}"
+                    + inverted + (f" {rate:.2f}/s" if rate else ""))
 
     def _prepare_progress(self, steps_done: int) -> None:
         """A method's long preparation (generator training) did a step: checkpoint it when the
@@ -440,7 +447,11 @@ class Trainer:
                 if phase_index < len(phases) - 1:
                     self._evaluate_phase(task, phase, phase_index)
             self.set_trainable(Phase.main(self.config.train))
-            self.method.finish_task(self.model, task)
+            self._finishing = task.index
+            try:
+                self.method.finish_task(self.model, task)
+            finally:
+                self._finishing = None
             self.dist.check_replicas(self.model, f"task {task.index + 1}")
             self.evaluate(task)
             if self.dist.is_main:

@@ -18,6 +18,7 @@ from dfcil.errors import ConfigError
 from dfcil.methods.abd import ABD
 from dfcil.methods.base import Batch, Loss, Method, OldModel, Phase, RunEnv, StepResult
 from dfcil.methods.deepinversion import DeepInversion
+from dfcil.methods.dgr import DGR
 from dfcil.methods.ewc import EWC
 from dfcil.methods.finetune import Finetune
 from dfcil.methods.joint import Joint
@@ -25,11 +26,13 @@ from dfcil.methods.lwf import LwF
 from dfcil.methods.lwfmc import LwFMC
 from dfcil.methods.mas import MAS
 from dfcil.methods.mfgr import MFGR
+from dfcil.methods.pass_ import PASS
 from dfcil.methods.rdfcil import RDFCIL
 from dfcil.methods.skd import SKD
 from dfcil.schema import from_dict
 
-BUILT_IN: tuple[type[Method], ...] = (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL, MFGR, SKD, LwFMC, EWC, MAS)
+BUILT_IN: tuple[type[Method], ...] = (Finetune, LwF, Joint, DeepInversion, ABD, RDFCIL, MFGR, SKD, LwFMC, EWC, MAS,
+                                       PASS, DGR)
 ENTRY_POINT_GROUP = "dfcil.methods"
 
 
