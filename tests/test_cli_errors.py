@@ -25,12 +25,13 @@ def fails(args: list[str], capsys, needle: str) -> None:
 def test_methods_lists_baselines(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("finetune", "lwf", "joint"):
+    for name in ("finetune", "lwf", "joint", "lwfmc", "ewc", "mas", "pass", "dgr"):
         assert any(line.startswith(name) and len(line.split()) > 2 for line in out.splitlines())
     from dfcil.methods import METHODS
 
-    # method facts live on the method: only the upper bound needs the old data, and is the bound
-    assert [name for name, cls in METHODS.items() if cls.needs_old_data] == ["joint"]
+    # method facts live on the method: only the upper bound and DGR (whose generator learned from the
+    # old tasks' real images: the memory a model file does not carry) need the old data
+    assert [name for name, cls in METHODS.items() if cls.needs_old_data] == ["joint", "dgr"]
     assert [name for name, cls in METHODS.items() if cls.upper_bound] == ["joint"]
 
 

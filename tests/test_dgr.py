@@ -132,10 +132,10 @@ def test_solver_step_by_hand(tmp_path, one_thread):
     labels = torch.tensor([2, 2, 3, 3])
     from dfcil.methods.base import Batch
 
-    state = trainer.device_generator.get_state()
+    state = trainer.rng.device.get_state()
     with torch.no_grad():
         result = method.training_step(model, Batch(images, labels), task, None)  # type: ignore[arg-type]
-    trainer.device_generator.set_state(state)
+    trainer.rng.device.set_state(state)
     replayed = method.replay(4)
     old_logits = method.old(replayed).logits[:, :2]
     pseudo = old_logits.argmax(dim=1)

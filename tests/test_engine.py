@@ -402,3 +402,24 @@ def test_task_batches_give_every_real_image_of_the_task_once_and_change_nothing(
         {"event": "pass_done", "batches": 4, "task": t, "finish_task": True} for t in (1, 2)]
     shuffled = list(trainer.env.task_batches(trainer.scenario.tasks[1], augment=True, shuffle=True))
     assert sum(len(b.labels) for b in shuffled) == 32 and len(shuffled) == 2  # train.batch_size 16
+
+
+def test_a_phase_optimises_with_sgd_or_adam_as_the_config_says(tmp_path):
+    from dfcil.engine.epoch import build_optimizer
+
+    model = IncrementalClassifier(build_backbone("resnet32"))
+    model.add_head(2)
+    for optimizer_name, kind in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)):
+        train = tiny_config(optimizer=optimizer_name, lr=0.001, weight_decay=2e-4).config.train
+        phase = Phase.main(train)
+        assert phase.optimizer == optimizer_name
+        optimizer, _ = build_optimizer(model, None, phase, train)
+        assert type(optimizer) is kind
+        group = optimizer.param_groups[0]
+        assert (group["lr"], group["weight_decay"]) == (0.001, 2e-4)
+        if kind is torch.optim.SGD:
+            assert group["momentum"] == train.momentum
+    # a whole run with Adam
+    trainer = Trainer(tiny_config(optimizer="adam", lr=0.001), tmp_path, tiny_dataset())
+    trainer.method = HeadPhaseMethod(HeadPhaseOptions(), trainer.env)
+    assert trainer.run()["complete"]

@@ -134,9 +134,9 @@ def _tiny_run(tmp_path, name: str = "pass"):
     experiment = parse_experiment({
         "data": {"dataset": "imagefolder"},
         "scenario": {"order": "identity", "num_tasks": 2},
-        "train": {"epochs": 1, "batch_size": 16, "lr": 0.05, "schedule": "constant", "milestones": [],
-                  "precision": "fp32"},
-        "method": {"name": name},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 0.001, "schedule": "constant", "milestones": [],
+                  "precision": "fp32", "optimizer": "adam"},
+        "method": {"name": name, "loss_scale": 0.1},
         "runtime": {"progress": False, "device": "cpu", "num_threads": 1},
     })
     trainer = Trainer(experiment, tmp_path / "run", coloured_dataset())
@@ -168,7 +168,7 @@ def test_a_run_stores_one_class_mean_per_class_in_its_state_metrics_and_log(tmp_
     # the rotated classes' heads trained with the model; test-time logits are the model's own
     epochs = [r for r in trainer.log.records if r["event"] == "epoch"]
     assert "proto_aug" not in epochs[0]["losses"] and {"ce", "kd", "proto_aug"} <= set(epochs[1]["losses"])
-    # lambda = gamma = 10 times the loss scale T = 0.1 (module docstring)
+    # lambda = gamma = 10 times the loss scale 0.1 set above (every weight is scaled)
     weights = epochs[1]["weights"]
     assert weights["ce"] == pytest.approx(0.1) and weights["proto_aug"] == weights["kd"] == pytest.approx(1.0)
 

@@ -109,7 +109,7 @@ NETWORK_REVISIONS: dict[str, int] = {"resnet32/rdfcil": 2}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation of the main phase of every task (SGD, re-created per task)."""
+    """Optimisation of the main phase of every task (SGD or Adam, re-created per task)."""
 
     epochs: int = 160
     batch_size: int = 128
@@ -129,6 +129,9 @@ class TrainConfig:
     # torch.compile's mode when compile is on; reduce-overhead replays CUDA graphs on a GPU (no
     # per-kernel launch cost: a CIFAR ResNet's step is launch-bound there), same as default on a CPU
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # sgd: momentum, weight_decay and nesterov as above (every method's papers); adam: Adam with
+    # weight_decay as L2 (PASS's code: lr 1e-3, wd 2e-4), momentum and nesterov unused
+    optimizer: Literal["sgd", "adam"] = "sgd"
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
@@ -280,17 +283,31 @@ def first_difference(a: Any, b: Any, names: tuple[str, str] = ("there", "here"),
     return None if a == b else f"{path or 'value'}: {a!r} {names[0]}, {b!r} {names[1]}"
 
 
+#: keys added after runs were made, left out of :func:`without_runtime` (and so of fingerprints and
+#: first-task identities) while they hold the value every earlier run had: earlier runs stay
+#: resumable, adoptable and shareable
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {("train", "optimizer"): "sgd"}
+
+
+def drop_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config as a dict) without the :data:`LATER_DEFAULTS` keys that hold their default."""
+    for (section, key), default in LATER_DEFAULTS.items():
+        if isinstance(data.get(section), dict) and data[section].get(key, default) == default:
+            data[section].pop(key, None)
+    return data
+
+
 def without_runtime(config: Config) -> dict[str, Any]:
-    """The config as a dict without its ``runtime`` section (what a resume must match)."""
+    """The config as a dict without its ``runtime`` section (what a resume must match) and without
+    the :data:`LATER_DEFAULTS` keys at their defaults."""
     data = config_to_dict(config)
     data.pop("runtime", None)
-    return data
+    return drop_later_defaults(data)
 
 
 def fingerprint(config: Config) -> str:
     """Hash of everything that determines the result of a run (``runtime`` excluded)."""
-    data = config_to_dict(config)
-    data.pop("runtime", None)
+    data = without_runtime(config)
     if config.model.network_revision != 1:  # revision 1 is left out: earlier fingerprints stay valid
         data["model"]["network_revision"] = config.model.network_revision
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

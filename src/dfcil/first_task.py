@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfcil.atomic import write_json
-from dfcil.config import config_to_dict, first_difference, without_runtime  # noqa: F401 - first_difference re-exported
+from dfcil.config import config_to_dict, drop_later_defaults, first_difference, without_runtime  # noqa: F401 - first_difference re-exported
 from dfcil.engine import checkpoint as ckpt
 from dfcil.errors import RunDirError
 from dfcil.experiment import Experiment
@@ -43,7 +43,7 @@ def first_task_identity(experiment: Experiment, first_task_classes: list[int] | 
     for them, which only matches runs of the same scenario. A method whose first task is plain CE
     contributes only that fact; any other method contributes its whole section."""
     config = experiment.config
-    data = config_to_dict(config)
+    data = drop_later_defaults(config_to_dict(config))
     model = {**data["model"], "network_revision": config.model.network_revision}
     identity: dict[str, Any] = {"seed": data["seed"], "data": data["data"], "model": model, "train": data["train"]}
     if first_task_classes is None:

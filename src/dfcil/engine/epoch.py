@@ -95,17 +95,22 @@ class EpochContext:
 
 def build_optimizer(model: IncrementalClassifier, aux: nn.Module | None, phase: Phase,
                     train: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The SGD optimiser (``train``'s momentum, weight decay, Nesterov) and ``phase``'s learning-rate
-    schedule over what the phase trains: the heads, or the model and the method's ``aux`` modules."""
+    """The optimiser of ``phase`` (SGD with ``train``'s momentum, weight decay and Nesterov, or Adam
+    with ``train``'s weight decay as L2) and its learning-rate schedule, over what the phase trains:
+    the heads, or the model and the method's ``aux`` modules."""
     if phase.trainable == "heads":
         params = list(model.head_parameters())
     else:
         params = list(model.parameters())
         if aux is not None:
             params += list(aux.parameters())
-    optimizer = torch.optim.SGD(
-        params, lr=phase.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=train.nesterov
-    )
+    optimizer: torch.optim.Optimizer
+    if phase.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=phase.lr, weight_decay=train.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=phase.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=train.nesterov
+        )
     scheduler: torch.optim.lr_scheduler.LRScheduler
     if phase.schedule == "multistep":
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(phase.milestones), phase.gamma)

@@ -51,6 +51,7 @@ class Phase:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     trainable: Literal["all", "heads"] = "all"  # "heads": backbone frozen and in eval mode
+    optimizer: Literal["sgd", "adam"] = "sgd"  # adam: Adam with train.weight_decay (no momentum)
 
     @staticmethod
     def main(train: TrainConfig, name: str = "main") -> Phase:
@@ -62,6 +63,7 @@ class Phase:
             schedule=train.schedule,
             milestones=tuple(train.milestones),
             gamma=train.gamma,
+            optimizer=train.optimizer,
         )
 
 

@@ -22,20 +22,15 @@ Weights: ``lambda = gamma = 10``, temperature 0.1: the code's defaults (``--prot
 that could have reported PASS as a baseline, does not (its comparisons are LwF, EWC, MAS,
 SDC+EWC and exemplar-based methods), so no other weights are published for it.
 
-The code optimises with Adam (lr 1e-3), which a constant factor on the loss does not change; the
-engine's SGD takes the loss's scale as it is, and the tempered CE's logit gradients are 1 / T = 10
-times those of a plain CE: at the learning rates of the other methods the first task diverges
-(CIFAR smoke protocol, lr 0.05: the loss reached 5e8 in epoch 2). So the whole loss is multiplied
-by ``loss_scale`` = T = 0.1 (logged weights: ce 0.1, proto_aug 1, kd 1): the same objective and,
-under Adam, the same training; under SGD the CE's gradients of a plain CE.
-
-Known limitation (measured, not solved): PASS's weights are tuned for Adam and the engine only
-offers SGD (a Phase has no optimiser). On the CIFAR smoke protocol (configs/smoke.yaml, 2 + 2
-classes, all 500 images a class, lr 0.05, 3 epochs) the first task is learned (87.5 %) but the
-second is not: 20 % on the 4 classes (old 17, new 23). The prototype augmentation, a CE on fixed
-features, keeps growing the old classes' head weights under SGD (tenfold within 12 steps of a tiny
-run) while the new head, fed features of norm ~0.1-0.3, grows slowly; temperature 1 without the
-loss scale did worse (the CE reached 370). Read PASS's figures from this engine with that in mind.
+Optimiser: the code's Adam (lr 1e-3, weight decay 2e-4 as L2): set ``train.optimizer: adam`` (PASS's
+protocol configs and the mini suite do). Under SGD the tempered CE's logit gradients are 1 / T = 10
+times a plain CE's, and at the other methods' SGD learning rates the first task diverges (CIFAR
+smoke protocol, lr 0.05: loss 5e8 in epoch 2); ``loss_scale`` (a factor on the whole loss, which
+Adam ignores) = T = 0.1 gives SGD a plain CE's gradient scale, but PASS's weights were set for
+Adam: under SGD with that scale the smoke protocol's second task was not learned (20 % on the 4
+classes after 3 epochs; the prototype augmentation kept growing the old heads' weights).
+With Adam the same protocol keeps the old classes (94 %) and learns the new ones slowly (10.5 %
+after 3 epochs): the feature distillation (weight 10) dominates the loss early in a task.
 
 Within the method contract: the model's heads are the un-rotated classes (what evaluation
 reads, the code's ``outputs[:, ::4]``); the three rotated copies of every class live in
@@ -46,8 +41,7 @@ y rotated by k * 90 degrees; the code interleaves them as ``4 y + k``, the same 
 After each task, ``finish_task`` passes once over the task's real training images (un-augmented,
 every image once: :attr:`RunEnv.task_batches`) with the model in eval mode and stores the class
 means (the code uses its augmented training loader and drops the last incomplete batch).
-Differences kept: the engine's SGD schedule (the code: Adam, lr 1e-3, wd 2e-4, 100 epochs);
-bias-free heads (the code's linear layer has a bias).
+Difference kept: bias-free heads (the code's linear layer has a bias).
 """
 
 from __future__ import annotations
@@ -78,9 +72,9 @@ class PASSOptions:
     temperature: float = 0.1  # divides the logits of both CE terms (code --temp)
     self_supervision: bool = True  # the rotations; false: one class per label (the paper's "w/o SSL")
     proto_batch: int | None = None  # augmented prototypes per step; None: the real batch size (code)
-    # a factor on the whole loss (every term's weight): the code's Adam ignores one, the engine's SGD
-    # does not; T makes the tempered CE's logit gradients those of a plain CE (lr as for finetune)
-    loss_scale: float = 0.1
+    # a factor on the whole loss (every term's weight): Adam (the code's optimiser) ignores it; under
+    # SGD, 0.1 (= T) gives the tempered CE a plain CE's gradient scale (see the module docstring)
+    loss_scale: float = 1.0
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
