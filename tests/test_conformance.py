@@ -317,3 +317,7 @@ def test_method_conforms_to_the_contract(name: str, tmp_path: Path, one_thread: 
         check_gradients(trainer, total, what)
         optimizer.step()
         check_resume(trainer, experiment, second, phase, tmp_path / f"resumed-{index}")
+    trainer.set_trainable(Phase.main(trainer.env.train))
+    trainer.method.finish_task(trainer.model, second)
+    # every file the method wrote is one the run directory's format names (env.artifacts)
+    assert trainer.files.unknown_files() == [], f"files outside the run directory's format: {trainer.files.unknown_files()}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,15 @@ def test_run_state(tmp_path):
     assert run_state(files) == "interrupted"
     files.metrics.write_text(json.dumps({"complete": True}))
     assert run_state(files) == "complete"
+
+
+def test_unknown_files_are_those_the_format_does_not_name(tmp_path):
+    files = RunDir(tmp_path)
+    for path in (files.log, files.last_checkpoint, files.task_model(2), files.sample_grid(2), files.gap_features(2),
+                 files.generator(3), files.tensorboard / "events.out.tfevents.1", files.path / ".lock"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert files.unknown_files() == []
+    (tmp_path / "synthesis" / "mine.png").write_text("x")
+    (tmp_path / "notes.txt").write_text("x")
+    assert files.unknown_files() == [Path("notes.txt"), Path("synthesis/mine.png")]

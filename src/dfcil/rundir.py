@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -40,6 +41,14 @@ GENERATORS_DIR = "generators"
 TENSORBOARD_DIR = "tensorboard"
 
 RunState = Literal["complete", "running", "interrupted", "new"]
+
+#: every file the format names, relative to the run directory (``.lock``: :mod:`dfcil.runlock`)
+_KNOWN = re.compile("|".join([
+    *(re.escape(name) for name in (CONFIG_FILE, RUN_FILE, LOG_FILE, METRICS_FILE, SUITE_FILE, ".lock")),
+    rf"{CHECKPOINTS_DIR}/(last|first_task|task_\d+)\.pt", rf"{CHECKPOINTS_DIR}/first_task\.json",
+    rf"{SYNTHESIS_DIR}/task_\d+(\.png|_samples\.npz|_features\.npz)",
+    rf"{GENERATORS_DIR}/task_\d+\.pt", rf"{TENSORBOARD_DIR}/.+",
+]))
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,18 @@ class RunDir:
     def tensorboard(self) -> Path:
         """``tensorboard/``: the event files of ``runtime.tensorboard``."""
         return self.path / TENSORBOARD_DIR
+
+    def unknown_files(self) -> list[Path]:
+        """Files under the run directory that the format does not name (relative paths, sorted): a
+        method that writes past :attr:`RunEnv.artifacts` leaves some (``tests/test_conformance.py``)."""
+        if not self.path.is_dir():
+            return []
+        unknown = []
+        for file in sorted(self.path.rglob("*")):
+            relative = file.relative_to(self.path)
+            if file.is_file() and not _KNOWN.fullmatch(relative.as_posix()):
+                unknown.append(relative)
+        return unknown
 
     def read_metrics(self) -> dict[str, Any] | None:
         """``metrics.json`` as a dict, or None when it is missing, unreadable or not an object."""
