@@ -35,11 +35,24 @@ from pathlib import Path
 from typing import Any
 
 from dfcil.atomic import write_text
+from dfcil.rundir import (
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    SUITE_FILE,
+    EvalRecord,
+    OtherRecord,
+    PhaseEvalRecord,
+    ProgressRecord,
+    RunDir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "mini" / "budget"
 OLD_NETWORK_SUITE = ROOT / "benchmarks" / "results" / "suites" / "mini"
-KEPT_FILES = ("metrics.json", "config.yaml", "run.json", "log.jsonl", "suite.json", "oracle.json")
+ORACLE_FILE = "oracle.json"  # a replay-oracle run's record (benchmarks/replay_oracle.py)
+KEPT_FILES = (METRICS_FILE, CONFIG_FILE, RUN_FILE, LOG_FILE, SUITE_FILE, ORACLE_FILE)
 
 #: Tables: (title, what it varies, [(row label, budget label or old-network method)]); a budget
 #: label ``name@s`` keeps seed ``s`` only (the oracle runs exist for seed 0)
@@ -68,21 +81,22 @@ FACTORS: list[tuple[str, str, list[tuple[str, str]]]] = [
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     """The figures of one complete run (None when it is not complete)."""
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.exists():
+    files = RunDir(run_dir)
+    metrics = files.read_metrics()
+    if metrics is None or not metrics.get("complete"):
         return None
-    metrics = json.loads(metrics_path.read_text())
-    if not metrics.get("complete"):
-        return None
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = files.records(strict=True)
     final = metrics["old_new_accuracy"][-1]
     among_old = metrics["per_old_class_accuracy_among_old_per_step"][-1]
-    before = {r["task"]: r["accuracy"] for r in log if r["event"] == "phase_eval"}
-    after = {r["task"]: r["accuracy"] for r in log if r["event"] == "eval"}
+    before = {r.task: r.accuracy for r in log if isinstance(r, PhaseEvalRecord)}
+    after = {r.task: r.accuracy for r in log if isinstance(r, EvalRecord)}
     confidence: dict[int, float] = {}
-    for record in log:
-        if record["event"] in ("synthesis", "replay_oracle") and "confidence" in record:
-            confidence[record["task"]] = record["confidence"]  # the last logged step wins
+    for record in log:  # the last logged step of a task wins
+        if isinstance(record, ProgressRecord) and record.event == "synthesis" and "confidence" in record.values:
+            confidence[record.task] = record.values["confidence"]
+        elif (isinstance(record, OtherRecord) and record.event == "replay_oracle" and record.task is not None
+              and "confidence" in record.fields):
+            confidence[record.task] = record.fields["confidence"]
     tasks = len(metrics["accuracy_per_step"])
     return {
         "seed": metrics["seed"],
@@ -102,11 +116,11 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
 def _provenance(run_dir: Path) -> str:
     """Commit, machine, threads, precision and shared first task of a run (its ``run.json``, or the
     ``oracle.json`` of a replay-oracle run)."""
-    oracle = run_dir / "oracle.json"
+    oracle = run_dir / ORACLE_FILE
     if oracle.exists():
         record = json.loads(oracle.read_text())
         return f"commit {str(record.get('commit'))[:7]}, {record.get('machine', '?')}, `{record.get('command', '?')}`"
-    run_file = run_dir / "run.json"
+    run_file = RunDir(run_dir).run_info
     if not run_file.exists():
         return "-"
     sessions = json.loads(run_file.read_text()).get("sessions", [])
@@ -148,7 +162,7 @@ def collect(runs_roots: list[Path], out: Path) -> dict[str, list[dict[str, Any]]
     in ``out``), by budget label."""
     by_budget: dict[str, list[dict[str, Any]]] = {}
     sources = [p for root in (*runs_roots, out) if root.is_dir() for p in sorted(root.iterdir())
-               if (p / "suite.json").exists() or (p / "oracle.json").exists()]
+               if RunDir(p).suite.exists() or (p / ORACLE_FILE).exists()]
     seen: set[str] = set()
     for run_dir in sources:
         if run_dir.name in seen:
@@ -165,14 +179,15 @@ def collect(runs_roots: list[Path], out: Path) -> dict[str, list[dict[str, Any]]
             for name in KEPT_FILES:
                 if (run_dir / name).exists():
                     shutil.copy2(run_dir / name, staging / name)
-            if (run_dir / "synthesis").is_dir():  # sample grids and domain-gap features: what the report reads
-                shutil.copytree(run_dir / "synthesis", staging / "synthesis")
+            synthesis = RunDir(run_dir).synthesis
+            if synthesis.is_dir():  # sample grids and domain-gap features: what the report reads
+                shutil.copytree(synthesis, RunDir(staging).synthesis)
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
-        if (run_dir / "oracle.json").exists():  # seed-<s>__oracle-<method> (benchmarks/replay_oracle.py)
+        if (run_dir / ORACLE_FILE).exists():  # seed-<s>__oracle-<method> (benchmarks/replay_oracle.py)
             label = run_dir.name.split("__", 1)[1]
         else:
-            label = json.loads((run_dir / "suite.json").read_text())["labels"]["budget"]
+            label = json.loads(RunDir(run_dir).suite.read_text())["labels"]["budget"]
         by_budget.setdefault(label, []).append(figures)
     for method in ("abd", "rdfcil"):
         old_runs = [read_run(p) for p in sorted(OLD_NETWORK_SUITE.glob(f"method-{method}__seed-*"))]
