@@ -274,17 +274,6 @@ def check_resume(trainer: Trainer, experiment: Experiment, task: Task, phase: Ph
     assert difference is None, difference
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """torch on one thread (bit-exact CPU kernels), the caller's count restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_conforms_to_the_contract(name: str, tmp_path: Path, one_thread: None) -> None:
     experiment = tiny_experiment(name)

@@ -19,16 +19,6 @@ from dfcil.synthesis.vae import VAE, kl_divergence, reconstruction_loss
 from conftest import coloured_dataset
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_reconstruction_loss_by_hand():
     # two images of 2 values each; logit log 3 is the probability 3/4
     logits = torch.full((2, 1, 1, 2), math.log(3.0))

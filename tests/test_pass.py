@@ -173,11 +173,3 @@ def test_a_run_stores_one_class_mean_per_class_in_its_state_metrics_and_log(tmp_
     assert weights["ce"] == pytest.approx(0.1) and weights["proto_aug"] == weights["kd"] == pytest.approx(1.0)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

@@ -61,6 +61,19 @@ def mas_score(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return logits.pow(2).sum(dim=1).mean()
 
 
+def _mean_over_images(named: list[tuple[str, nn.Parameter]], sums: list[torch.Tensor], count: int,
+                      dist: Distributed) -> tuple[dict[str, torch.Tensor], int]:
+    """The importance sums divided by the images counted (both summed over ranks in a
+    multi-process run), by parameter name, and that image count."""
+    if dist.enabled:
+        for total in sums:
+            dist.sum_in_place(total)
+        count = int(dist.sum_in_place(torch.tensor(float(count), device=sums[0].device)).item())
+    if count == 0:
+        raise ValueError("no image to estimate the importance from")
+    return {name: total / count for (name, _), total in zip(named, sums)}, count
+
+
 def per_image_importance(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -101,13 +114,7 @@ def per_image_importance(
                     count += 1
     finally:
         model.train(was_training)
-    if dist.enabled:
-        for total in sums:
-            dist.sum_in_place(total)
-        count = int(dist.sum_in_place(torch.tensor(float(count), device=params[0].device)).item())
-    if count == 0:
-        raise ValueError("no image to estimate the importance from")
-    return {name: total / count for (name, _), total in zip(named, sums)}, count
+    return _mean_over_images(named, sums, count, dist)
 
 
 def batch_importance(
@@ -156,13 +163,7 @@ def batch_importance(
             for name, buffer in model.named_buffers():
                 buffer.copy_(buffers[name])
         model.train(was_training)
-    if dist.enabled:
-        for total in sums:
-            dist.sum_in_place(total)
-        count = int(dist.sum_in_place(torch.tensor(float(count), device=params[0].device)).item())
-    if count == 0:
-        raise ValueError("no image to estimate the importance from")
-    return {name: total / count for (name, _), total in zip(named, sums)}, count
+    return _mean_over_images(named, sums, count, dist)
 
 
 def estimate_importance(
