@@ -51,7 +51,17 @@ from run_projection import project  # noqa: E402
 
 from dfcil.atomic import write_text  # noqa: E402
 from dfcil.first_task import CHECKPOINT, RECORD, has_first_task  # noqa: E402
-from dfcil.rundir import EpochRecord, EvalRecord, ProgressRecord, RunDir, training_seconds  # noqa: E402
+from dfcil.rundir import (  # noqa: E402
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOG_FILE,
+    RUN_FILE,
+    EpochRecord,
+    EvalRecord,
+    ProgressRecord,
+    RunDir,
+    training_seconds,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cifar100" / "b0_n5.yaml"
@@ -63,7 +73,7 @@ KEPT_FIRST_TASK = RESULTS / "first-task-s0"
 #: from session to session until the first task completes and is kept
 CARRIED_FIRST_TASK = RESULTS / "first-task-in-progress"
 #: what a carried run directory holds besides checkpoints/last.pt
-CARRIED_FILES = ("config.yaml", "run.json", "log.jsonl")
+CARRIED_FILES = (CONFIG_FILE, RUN_FILE, LOG_FILE)
 #: (run name, overrides, run whose first task it starts from): the papers' budgets are the
 #: configs' and methods' defaults (160 epochs, 5,000 generator steps, 40 refinement epochs)
 RUNS: list[tuple[str, list[str], str | None]] = [
@@ -75,10 +85,11 @@ PUBLISHED = {"rdfcil-s0": "R-DFCIL 50.47 ± 0.43 (its Table 1)",
 
 
 def _state(run_dir: Path) -> str:
-    metrics = run_dir / "metrics.json"
-    if metrics.exists() and json.loads(metrics.read_text()).get("complete"):
+    files = RunDir(run_dir)
+    metrics = files.read_metrics()
+    if metrics is not None and metrics.get("complete"):
         return "complete"
-    return "started" if (run_dir / "config.yaml").exists() else "new"
+    return "started" if files.config.exists() else "new"
 
 
 def keep_first_task(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path | None:
@@ -94,13 +105,13 @@ def keep_first_task(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path | None:
     source = root / RUNS[0][0]
     if not has_first_task(source):
         return None
-    (kept / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "run.json"):
+    (kept / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, RUN_FILE):
         if (source / name).exists():
             write_text(kept / name, (source / name).read_text())
-    records = [line for line in (source / "log.jsonl").read_text().splitlines()
+    records = [line for line in RunDir(source).log.read_text().splitlines()
                if line.strip() and json.loads(line).get("task") == 1]
-    write_text(kept / "log.jsonl", "".join(line + "\n" for line in records))
+    write_text(RunDir(kept).log, "".join(line + "\n" for line in records))
     shutil.copyfile(source / CHECKPOINT, kept / f"{CHECKPOINT}.tmp")
     (kept / f"{CHECKPOINT}.tmp").replace(kept / CHECKPOINT)
     write_text(kept / RECORD, (source / RECORD).read_text())
@@ -125,14 +136,14 @@ def carry_first_task(root: Path, carried: Path = CARRIED_FIRST_TASK, kept: Path 
         if carried.exists():
             shutil.rmtree(carried)
         return None
-    last = source / "checkpoints" / "last.pt"
+    last = RunDir(source).last_checkpoint
     if not last.exists():
-        return carried if (carried / "checkpoints" / "last.pt").exists() else None
+        return carried if RunDir(carried).last_checkpoint.exists() else None
     building = carried.with_name(carried.name + ".partial")
     if building.exists():
         shutil.rmtree(building)
-    (building / "checkpoints").mkdir(parents=True)
-    shutil.copyfile(last, building / "checkpoints" / "last.pt")
+    RunDir(building).checkpoints.mkdir(parents=True)
+    shutil.copyfile(last, RunDir(building).last_checkpoint)
     for name in CARRIED_FILES:
         if (source / name).exists():
             shutil.copyfile(source / name, building / name)
@@ -161,7 +172,7 @@ def lowest_autogroup_priority() -> None:
 
 def _restore_carried(run_dir: Path, carried: Path, kept: Path) -> bool:
     """Put the carried first run back in ``run_dir`` (a fresh machine); True when it did."""
-    if run_dir.exists() or has_first_task(kept) or not (carried / "checkpoints" / "last.pt").exists():
+    if run_dir.exists() or has_first_task(kept) or not RunDir(carried).last_checkpoint.exists():
         return False
     shutil.copytree(carried, run_dir)
     return True
@@ -235,17 +246,15 @@ def _kept_lines(kept: Path, carried: Path = CARRIED_FIRST_TASK) -> list[str]:
     if not has_first_task(kept):
         lines = ["No first task is kept in the repository yet (`first-task-s0/` appears when R-DFCIL's",
                  "first task completes and `status` runs)."]
-        if (carried / "checkpoints" / "last.pt").exists():
-            epochs = [json.loads(line) for line in (carried / "log.jsonl").read_text().splitlines()
-                      if line.strip() and json.loads(line).get("event") == "epoch"]
-            where = f"epoch {epochs[-1]['epoch']}/{epochs[-1]['epochs']}" if epochs else "its start"
-            size = (carried / "checkpoints" / "last.pt").stat().st_size / 1e6
+        if RunDir(carried).last_checkpoint.exists():
+            epochs = [r for r in RunDir(carried).records() if isinstance(r, EpochRecord)]
+            where = f"epoch {epochs[-1].epoch}/{epochs[-1].epochs}" if epochs else "its start"
+            size = RunDir(carried).last_checkpoint.stat().st_size / 1e6
             lines += [f"Its state at {where} is carried in `{carried.relative_to(ROOT)}/` ({size:.1f} MB,",
                       "rewritten by `status`): `run` on a fresh machine resumes the first task from there."]
         return lines + [""]
-    evals = [json.loads(line) for line in (kept / "log.jsonl").read_text().splitlines()
-             if line.strip() and json.loads(line).get("event") == "eval"]
-    accuracy = f"{evals[-1]['accuracy']:.2f} %" if evals else "not logged"
+    evals = [r for r in RunDir(kept).records() if isinstance(r, EvalRecord)]
+    accuracy = f"{evals[-1].accuracy:.2f} %" if evals else "not logged"
     size = (kept / CHECKPOINT).stat().st_size / 1e6
     return [f"R-DFCIL's first task (160 epochs, accuracy on its 20 classes {accuracy}) is kept in",
             f"`{kept.relative_to(ROOT)}/` ({size:.1f} MB): `run` on a fresh machine starts both runs at task 2",
@@ -254,16 +263,18 @@ def _kept_lines(kept: Path, carried: Path = CARRIED_FIRST_TASK) -> list[str]:
 
 def _feasibility_lines(root: Path) -> list[str]:
     """Why the campaign cannot finish on this CPU, from the rates in the runs' logs."""
-    records = [json.loads(line) for name, _, _ in RUNS if (root / name / "log.jsonl").exists()
-               for line in (root / name / "log.jsonl").read_text().splitlines() if line.strip()]
-    epochs = [r["time_s"] for r in records if r["event"] == "epoch" and r["task"] == 1]
-    rates = [r["steps_per_s"] for r in records if r["event"] == "synthesis" and r.get("steps_per_s")]
-    state_mb = max(((root / name / "checkpoints" / "last.pt").stat().st_size / 1e6 for name, _, _ in RUNS
-                    if (root / name / "checkpoints" / "last.pt").exists()
+    records = [record for name, _, _ in RUNS for record in RunDir(root / name).records()]
+    epochs = [r.time_s for r in records if isinstance(r, EpochRecord) and r.task == 1]
+    rates = [r.rate for r in records if isinstance(r, ProgressRecord) and r.event == "synthesis" and r.rate]
+    state_mb = max((RunDir(root / name).last_checkpoint.stat().st_size / 1e6 for name, _, _ in RUNS
+                    if RunDir(root / name).last_checkpoint.exists()
                     and _run_summary(root / name)["tasks_done"] >= 1), default=None)
-    lines = ["Why it cannot finish here: this machine keeps nothing outside the git checkout from one",
-             "session (at most 3 hours) to the next, so a run must fit in a session or carry its state in",
-             "git."]
+    sessions = _sessions(root / RUNS[0][0])
+    lines = ["Where it can fail: nothing promises that this machine keeps anything outside the git",
+             "checkout from one session (at most 3 hours) to the next."]
+    if len(sessions) > 1:
+        lines.append(f"So far the run folder has survived: {RUNS[0][0]} ran in {len(sessions)} sessions "
+                     f"({sessions[0]} to {sessions[-1]}, `run.json`), each resuming it where the last stopped.")
     if epochs:
         lines.append(f"A first-task epoch takes {statistics.median(epochs):.0f} s (median of {len(epochs)}, one thread, "
                      f"niced) here: {160 * statistics.median(epochs) / 3600:.1f} h for task 1.")
@@ -273,8 +284,18 @@ def _feasibility_lines(root: Path) -> list[str]:
     if state_mb is not None:
         lines.append(f"The resumable state after task 1 is {state_mb:.0f} MB (`last.pt`, rewritten every 30 s), "
                      "too large to commit every session.")
-    return lines + ["Only the first task is carried over (above); the rest needs the GPU",
-                    "(`benchmarks/gpu_session.sh MODE=full`).", ""]
+    return lines + ["Should the folder be lost, only the first task is carried in git (above); a GPU",
+                    "(`benchmarks/gpu_session.sh MODE=full`, calls of at most 560 s, each resuming the last) would",
+                    "run it instead.", ""]
+
+
+def _sessions(run_dir: Path) -> list[str]:
+    """When each session of a run started (``run.json``), as ``YYYY-MM-DD HH:MM``."""
+    files = RunDir(run_dir)
+    if not files.run_info.exists():
+        return []
+    return [str(session.get("started", "?"))[:16].replace("T", " ")
+            for session in json.loads(files.run_info.read_text()).get("sessions", [])]
 
 
 def write_status(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path:

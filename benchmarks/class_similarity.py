@@ -27,11 +27,12 @@ from typing import Any
 
 from dfcil.atomic import write_json, write_text
 from dfcil.metrics import accuracy_by_similarity
+from dfcil.rundir import RunDir
 
 
 def load_metrics(run: Path, *, need_similarity: bool) -> dict[str, Any]:
     """``metrics.json`` of a complete run (with per-step class similarities if ``need_similarity``)."""
-    path = run / "metrics.json" if run.is_dir() else run
+    path = RunDir(run).metrics if run.is_dir() else run
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:

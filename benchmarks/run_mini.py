@@ -23,10 +23,12 @@ import sys
 from pathlib import Path
 
 from dfcil.atomic import write_text
+from dfcil.rundir import CONFIG_FILE, LOG_FILE, METRICS_FILE, RUN_FILE, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mini"
-KEPT_FILES = ("metrics.json", "config.yaml", "run.json", "log.jsonl")
+#: what a committed result keeps of its run directory (no checkpoints)
+KEPT_FILES = (METRICS_FILE, CONFIG_FILE, RUN_FILE, LOG_FILE)
 MINI_CONFIG = ROOT / "configs" / "mini.yaml"
 
 
@@ -58,16 +60,16 @@ def run_method(method: str, seed: int, runs: Path, extra: list[str], tag: str | 
     """Run (or resume) one method of ``config``; return its run directory."""
     run_dir = runs / run_label(method, tag, seed)
     args = [sys.executable, "-m", "dfcil", "run"]
-    if (run_dir / "config.yaml").exists():
+    if RunDir(run_dir).config.exists():
         args += ["--resume", str(run_dir)]
     else:
         args += [str(config), "-o", str(run_dir), "--set", f"method.name={method}",
                  "--set", f"seed={seed}", "--set", "runtime.progress=false",
                  *[arg for item in extra for arg in ("--set", item)]]
     joint = runs / f"joint-s{seed}"
-    if not (joint / "metrics.json").exists():
+    if not RunDir(joint).metrics.exists():
         joint = results / f"joint-s{seed}"  # the committed joint result of this protocol
-    if method != "joint" and (joint / "metrics.json").exists() and "--resume" not in args:
+    if method != "joint" and RunDir(joint).metrics.exists() and "--resume" not in args:
         args += ["--set", f"runtime.upper_bound={joint}"]
     print("+", " ".join(args), flush=True)
     subprocess.run(args, check=True)
@@ -85,9 +87,9 @@ def overrides(command: str) -> str:
 def summarize(results: Path = RESULTS, config: Path = MINI_CONFIG) -> str:
     """Markdown table of every result under ``results`` (default ``benchmarks/results/mini``)."""
     rows = []
-    for metrics_file in sorted(results.glob("*/metrics.json")):
+    for metrics_file in sorted(results.glob(f"*/{METRICS_FILE}")):
         metrics = json.loads(metrics_file.read_text())
-        run = json.loads((metrics_file.parent / "run.json").read_text())
+        run = json.loads(RunDir(metrics_file.parent).run_info.read_text())
         session = run["sessions"][-1]
         steps = " / ".join(f"{a:.1f}" for a in metrics["accuracy_per_step"])
         omega = f"{metrics['omega']:.1f}" if "omega" in metrics else "-"

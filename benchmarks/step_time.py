@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -31,21 +30,22 @@ import torch
 import yaml
 
 from dfcil.losses import angle_relation_distillation
+from dfcil.rundir import EpochRecord, ProgressRecord, RunDir
 
 
 def step_times(run_dir: Path, per_task: bool = False) -> tuple[int, dict[tuple[str, str], list[float]]]:
     """Batch size and the seconds per step of every epoch, grouped by (task group, phase):
     task 1 and tasks 2+ together, or (``per_task``) every task on its own."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    files = RunDir(run_dir)
+    config = yaml.safe_load(files.config.read_text())
     batch_size = int(config["train"]["batch_size"])
     groups: dict[tuple[str, str], list[float]] = {}
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("event") != "epoch":
+    for record in files.records(strict=True):
+        if not isinstance(record, EpochRecord):
             continue
-        steps = math.ceil(record["images"] / batch_size)
-        task = f"task {record['task']}" if per_task or record["task"] == 1 else "tasks 2+"
-        groups.setdefault((task, record["phase"]), []).append(record["time_s"] / steps)
+        steps = math.ceil(record.images / batch_size)
+        task = f"task {record.task}" if per_task or record.task == 1 else "tasks 2+"
+        groups.setdefault((task, record.phase), []).append(record.time_s / steps)
     return batch_size, groups
 
 
@@ -53,10 +53,9 @@ def generator_seconds(run_dir: Path) -> dict[int, float]:
     """Seconds of generator training per task: steps / (cumulative steps per second) of the
     last synthesis record of each task."""
     seconds: dict[int, float] = {}
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("event") == "synthesis":
-            seconds[record["task"]] = record["step"] / record["steps_per_s"]
+    for record in RunDir(run_dir).records(strict=True):
+        if isinstance(record, ProgressRecord) and record.event == "synthesis" and record.seconds is not None:
+            seconds[record.task] = record.seconds
     return seconds
 
 
@@ -92,8 +91,8 @@ def main() -> int:
         print(f"| {task} | {phase} | {len(values)} | {1000 * median:.1f} | {median / base:.2f} |")
     generator = generator_seconds(args.run_dir)
     if generator:
-        metrics_file = args.run_dir / "metrics.json"
-        wall = json.loads(metrics_file.read_text()).get("wall_time_s") if metrics_file.exists() else None
+        metrics = RunDir(args.run_dir).read_metrics()
+        wall = metrics.get("wall_time_s") if metrics else None
         total = sum(generator.values())
         print("generator training: " + ", ".join(f"task {t} {s / 60:.1f} min" for t, s in sorted(generator.items()))
               + f"; total {total / 60:.1f} min" + (f" = {100 * total / wall:.0f} % of the run's {wall / 60:.1f} min"

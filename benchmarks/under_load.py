@@ -33,6 +33,7 @@ from typing import Any
 
 from dfcil.atomic import write_json, write_text
 from dfcil.run import git_commit, machine_description
+from dfcil.rundir import EpochRecord, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("1", "2", "auto")
@@ -40,18 +41,9 @@ CONDITIONS = ("quiet", "loaded", "late")
 BUSY_LOOP = "while True: pass"
 
 
-def _epochs(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    records = []
-    for line in log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line being written
-            continue
-        if record.get("event") == "epoch":
-            records.append(record)
-    return records
+def _epochs(run_dir: Path) -> list[EpochRecord]:
+    """The epoch records logged so far (a line being written is passed over)."""
+    return [record for record in RunDir(run_dir).records() if isinstance(record, EpochRecord)]
 
 
 def measure(setting: str, condition: str, batch: int, per_class: int, epochs: int, work: Path,
@@ -71,7 +63,7 @@ def measure(setting: str, condition: str, batch: int, per_class: int, epochs: in
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline and run.poll() is None:
-            done = _epochs(run_dir / "log.jsonl")
+            done = _epochs(run_dir)
             if condition == "late" and competitor is None and len(done) >= 2:
                 competitor = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
             if len(done) >= epochs:
@@ -83,15 +75,15 @@ def measure(setting: str, condition: str, batch: int, per_class: int, epochs: in
         if competitor is not None:
             competitor.kill()
             competitor.wait()
-    records = _epochs(run_dir / "log.jsonl")[:epochs]
+    records = _epochs(run_dir)[:epochs]
     if not records:
         raise SystemExit(f"under_load: no epoch from {setting}/{condition}: {stderr.strip()[-500:]}")
-    seconds = [r["time_s"] for r in records]
+    seconds = [r.time_s for r in records]
     # late: the epochs after the competitor started (the third on), else all but the first (warm-up)
     timed = seconds[2:] if condition == "late" else seconds[1:]
     return {"setting": setting, "condition": condition, "batch": batch, "epoch_s": seconds,
-            "threads": [r.get("threads") for r in records], "median_s": statistics.median(timed),
-            "images": records[0]["images"]}
+            "threads": [r.threads for r in records], "median_s": statistics.median(timed),
+            "images": records[0].images}
 
 
 def markdown(results: list[dict[str, Any]], facts: dict[str, Any]) -> str:

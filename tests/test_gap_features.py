@@ -15,6 +15,7 @@ import yaml
 from dfcil.config import parse_config
 from dfcil.engine.gap_features import GapFeatures, compute_gap_features, evenly, features_path, select_real
 from dfcil.engine.trainer import Trainer
+from dfcil.errors import DataError
 from dfcil.experiment import parse_experiment
 from dfcil.models import build_classifier
 from dfcil.report import build_report
@@ -114,6 +115,11 @@ def test_report_of_a_checkpointless_copy_needs_no_data(abd_run, tmp_path, monkey
     html = page.read_text()
     assert "Domain gap" in html and "domain_task2.png" in html and "unavailable" not in html
     assert "domain gap" not in (tmp_path / "report" / "report.md").read_text()
+    build_report([tmp_path / "runs"], tmp_path / "report-2-jobs", jobs=2)  # t-SNE maps in 2 processes
+    for name in ("run-abd-s0-domain_task2.png", "run-abd-s0-matrix.png"):
+        assert (tmp_path / "report-2-jobs" / "plots" / name).read_bytes() == (tmp_path / "report" / "plots" / name).read_bytes()
+    with pytest.raises(DataError, match="--jobs must be at least 1"):
+        build_report([tmp_path / "runs"], tmp_path / "report-0-jobs", jobs=0)
 
 
 def test_report_without_scikit_learn_keeps_mid_and_mmd_and_says_why_no_map(abd_run, tmp_path, monkeypatch):

@@ -354,6 +354,23 @@ def test_tsne_keeps_separate_clusters_apart():
     assert centre_gap > 3 * max(y[:40].std(0).max(), y[40:].std(0).max())
 
 
+def test_tsne_maps_are_the_same_in_parallel_processes_and_on_more_threads():
+    from threadpoolctl import threadpool_limits
+
+    from dfcil.report.domain_gap import tsne, tsne_maps
+
+    rng = np.random.default_rng(1)
+    sets = [rng.normal(size=(60, 8)), rng.normal(size=(45, 8)), rng.normal(size=(50, 8))]
+    serial = tsne_maps(sets)
+    assert [m.shape for m in serial] == [(60, 2), (45, 2), (50, 2)]
+    for one, other in zip(serial, tsne_maps(sets, jobs=2)):
+        np.testing.assert_array_equal(one, other)
+    with threadpool_limits(limits=2, user_api="openmp"):  # tsne pins its own thread count
+        np.testing.assert_array_equal(tsne(sets[0]), serial[0])
+    with pytest.raises(ValueError, match="at least 1"):
+        tsne_maps(sets, jobs=0)
+
+
 def _old_data_free_run(tmp_path: Path) -> Path:
     """A run made before features were written at training time: an image-folder dataset, the
     model after task 2 and its kept synthetic samples, no ``task_2_features.npz``."""

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--published", type=Path, metavar="YAML", help="published figures (benchmarks/published.yaml)")
     report.add_argument("--reproducibility", type=Path, metavar="MD",
                         help="also write the reproducibility table (e.g. REPRODUCIBILITY.md) against --published")
+    report.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="t-SNE maps of the domain gaps computed at once, in separate processes (most of a "
+                             "report's time; default 1); the report is the same for any N")
 
     learn = commands.add_parser("learn", help="train a model on an image folder, or add its classes to a model")
     learn.add_argument("--data", type=Path, required=True, metavar="FOLDER",
@@ -165,7 +168,7 @@ def _suite(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from dfcil.report import build_report
 
-    page = build_report(list(args.dirs), args.output, args.published, args.reproducibility)
+    page = build_report(list(args.dirs), args.output, args.published, args.reproducibility, jobs=args.jobs)
     print(json.dumps({"report": str(page), "tables": [str(args.output / f"report.{x}") for x in ("md", "csv", "json")]}))
     return 0
 

@@ -9,7 +9,14 @@ from dfcil.atomic import write_json
 from dfcil.errors import DataError
 from dfcil.report import plots
 from dfcil.report.aggregate import duplicate_seed_warnings, exclude_superseded, group_runs, protocols
-from dfcil.report.domain_gap import TSNE_MISSING, plot_domain_gap, run_domain_gaps, tsne_available
+from dfcil.report.domain_gap import (
+    TSNE_MISSING,
+    DomainGaps,
+    plot_domain_gap,
+    run_domain_gaps,
+    tsne_available,
+    with_tsne_maps,
+)
 from dfcil.report.html import write_html
 from dfcil.report.labels import protocol_labels, row_label, run_seed
 from dfcil.report.model import Report
@@ -44,11 +51,13 @@ def unique_slugs(records: list[RunRecord]) -> dict[str, str]:
     return slugs
 
 
-def make_plots(report: Report, out_dir: Path, with_tsne: bool | None = None) -> None:
+def make_plots(report: Report, out_dir: Path, with_tsne: bool | None = None, jobs: int = 1) -> None:
     """Draw every plot into ``out_dir/plots`` and record their relative paths in ``report``.
 
     ``with_tsne``: draw the domain gaps' t-SNE maps (default: when scikit-learn is installed;
-    without it the report says so in one warning and keeps the MID / MMD figures)."""
+    without it the report says so in one warning and keeps the MID / MMD figures). ``jobs``: how
+    many t-SNE maps are computed at once, in separate processes (they are most of a report's
+    time: a few seconds of CPU each, one per task of every run that kept synthetic samples)."""
     plot_dir = Path(out_dir) / PLOTS_DIR
     if with_tsne is None:
         with_tsne = tsne_available()
@@ -60,24 +69,28 @@ def make_plots(report: Report, out_dir: Path, with_tsne: bool | None = None) -> 
         report.protocol_plots[protocol] = f"{PLOTS_DIR}/{name}"
     columns = protocol_labels(report.runs)
     drawers = {"matrix": plots.accuracy_matrix, "old_new": plots.old_new, "synthesis": plots.synthesis_page}
+    titles = {}
     for record in report.runs:
         key, slug = str(record.path), report.run_slugs[str(record.path)]
-        title = f"{record.name} ({row_label(record)}, seed {run_seed(record)}, {columns[key]})"
+        titles[key] = f"{record.name} ({row_label(record)}, seed {run_seed(record)}, {columns[key]})"
         for kind, draw in drawers.items():
             name = f"run-{slug}-{kind}.png"
-            if draw(record, title, plot_dir / name) is not None:
+            if draw(record, titles[key], plot_dir / name) is not None:
                 report.run_plots.setdefault(key, {})[kind] = f"{PLOTS_DIR}/{name}"
-        add_domain_gaps(report, record, title, plot_dir, with_tsne)
+    gaps = {str(record.path): run_domain_gaps(record.path, record.config, with_tsne=False) for record in report.runs}
+    if with_tsne:
+        with_tsne_maps(list(gaps.values()), jobs)
+    for record in report.runs:
+        add_domain_gaps(report, record, gaps[str(record.path)], titles[str(record.path)], plot_dir)
     if report.domain_gaps and not with_tsne:
         report.warnings.append(TSNE_MISSING)
 
 
-def add_domain_gaps(report: Report, record: RunRecord, title: str, plot_dir: Path, with_tsne: bool = True) -> None:
-    """MID / MMD figures (and t-SNE plots when ``with_tsne``) of a run that kept synthetic
-    samples, from the features in its run directory; tasks without them get one warning line
-    (and a note in the run's section) saying why."""
+def add_domain_gaps(report: Report, record: RunRecord, result: DomainGaps, title: str, plot_dir: Path) -> None:
+    """Record the MID / MMD figures of a run that kept synthetic samples (``result``, from
+    :func:`run_domain_gaps`) and draw the t-SNE plots of the tasks that have a map; tasks without
+    features get one warning line (and a note in the run's section) saying why."""
     key, slug = str(record.path), report.run_slugs[str(record.path)]
-    result = run_domain_gaps(record.path, record.config, with_tsne)
     for gap in result.gaps:
         if gap.embedding is None:
             continue
@@ -116,14 +129,17 @@ def check_report_folder(out_dir: Path) -> None:
 
 
 def build_report(paths: list[Path], out_dir: Path, published: Path | None = None,
-                 reproducibility: Path | None = None) -> Path:
+                 reproducibility: Path | None = None, jobs: int = 1) -> Path:
     """Aggregate the run directories under ``paths`` into ``out_dir``; return ``index.html``.
 
     Writes ``report.md``, ``report.csv``, ``report.json``, ``plots/*.png`` and ``index.html``.
     Incomplete runs are listed but left out of the means, and so are runs superseded by a run
     of the same method, protocol and seed under a path given earlier.  Raises ``DataError`` when no run
-    directory is found or a file is damaged.
+    directory is found or a file is damaged. ``jobs``: t-SNE maps computed at once (see
+    :func:`make_plots`); the report is the same for any value.
     """
+    if jobs < 1:
+        raise DataError(f"--jobs must be at least 1, not {jobs}")
     out_dir = Path(out_dir)
     check_report_folder(out_dir)
     records = find_runs([Path(p) for p in paths])
@@ -141,7 +157,7 @@ def build_report(paths: list[Path], out_dir: Path, published: Path | None = None
     if reproducibility is not None and published is None:
         raise DataError("--reproducibility needs --published (the published figures, e.g. benchmarks/published.yaml)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    make_plots(report, out_dir)  # first: its warnings (domain gaps) belong in the tables too
+    make_plots(report, out_dir, jobs=jobs)  # first: its warnings (domain gaps) belong in the tables too
     write_tables(report.groups, out_dir, report.excluded, report.warnings)
     if reproducibility is not None and published is not None:
         write_reproducibility(groups, published, reproducibility)
