@@ -3,8 +3,10 @@ utilisation, on the current machine.
 
 For each method, the engine (``Trainer``) is brought to task ``--task`` (default 2) of the mini
 split (4 tasks of 5 classes, ResNet-32, batch 128, the engine's defaults: bf16 autocast where
-native, channels_last) on random uint8 images - speed does not depend on the pixels - with a
-generator trained for only a few steps (its quality does not change the cost of a step). Then:
+native, channels_last; each method with its settings in ``suites/mini.yaml``, e.g. PASS's Adam) on
+random uint8 images - speed does not depend on the pixels - with a generator trained for only a
+few steps (its quality does not change the cost of a step); every task before the measured one
+ends with the method's ``finish_task`` (PASS's class means, EWC's Fisher, DGR's generator). Then:
 
 * **training step**: epochs of the task (2,500 real images, 20 steps each) through the engine's
   own loop (``Trainer.train_epoch``: batch augmentation, the method's loss terms, backward, SGD),
@@ -17,8 +19,9 @@ generator trained for only a few steps (its quality does not change the cost of 
   engine runs in (bf16 where the CPU has native bf16, else fp32), where the peak is measured here
   as the fastest of a few dense kernels - square matmuls and 3x3 convolutions (batch 128,
   channels_last) - see ``measured_peaks`` (``--peak-gflops`` states it instead);
-* **generator steps/second** (data-free methods): ``prepare_task`` with ``--generator-steps``
-  steps, timed, minus the same call with 1 step;
+* **generator steps/second**: ``prepare_task`` with ``--generator-steps`` steps, timed, minus
+  the same call with 1 step (data-free methods); for DGR, whose VAE trains on the task's real
+  images after the task (``finish_task``), that call instead;
 * **evaluation images/second**: the engine's task-agnostic evaluation of 2,000 test images.
 
 On a GPU the same is measured on the GPU (``runtime.device: auto``), with the peak measured on
@@ -38,6 +41,7 @@ Writes ``DIR/method_speed.{json,md}`` (default ``benchmarks/results``, atomicall
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -46,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfcil.atomic import write_json, write_text
@@ -59,8 +64,11 @@ from dfcil.precision import resolve_precision
 from dfcil.run import git_commit, machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
+MINI_SUITE = ROOT / "suites" / "mini.yaml"
 GENERATOR_SECTIONS = {"deepinversion": "synthesis", "abd": "synthesis", "rdfcil": "synthesis",
-                      "mfgr": "synthesis", "skd": "delegator"}
+                      "mfgr": "synthesis", "skd": "delegator", "dgr": "generator"}
+#: methods whose generator trains in ``finish_task`` (after the task) rather than in ``prepare_task``
+TRAINED_AFTER_TASK = frozenset({"dgr"})
 
 
 def random_dataset(classes: int = 20, train: int = 500, test: int = 100, seed: int = 0) -> DatasetArrays:
@@ -118,9 +126,18 @@ def measured_peaks(dtype: torch.dtype, device: torch.device) -> dict[str, float]
     return results
 
 
+def suite_settings(method: str, suite: Path = MINI_SUITE) -> list[str]:
+    """The mini suite's settings of ``method`` (its point of the suite's ``method`` axis, e.g.
+    PASS's Adam) as ``--set`` overrides; none for a method the suite does not name."""
+    spec = yaml.safe_load(suite.read_text())["axes"]["method"].get(method) or {}
+    return [f"{key}={json.dumps(value) if isinstance(value, (bool, list, dict)) or value is None else value}"
+            for key, value in spec.items() if key != "method.name"]
+
+
 def config_for(method: str, generator_steps: int, extra: tuple[str, ...] = ()) -> Experiment:
-    """The mini experiment for ``method`` with a short generator budget (and ``extra`` overrides)."""
-    overrides = [f"method.name={method}", "runtime.progress=false", *extra]
+    """The mini experiment for ``method`` with the mini suite's settings of it, a short generator
+    budget (and ``extra`` overrides, applied after them)."""
+    overrides = [f"method.name={method}", "runtime.progress=false", *suite_settings(method), *extra]
     section = GENERATOR_SECTIONS.get(method)
     if section == "synthesis":
         overrides.append(f"method.synthesis.steps={generator_steps}")
@@ -131,24 +148,37 @@ def config_for(method: str, generator_steps: int, extra: tuple[str, ...] = ()) -
     elif section == "delegator":
         overrides += [f"method.delegator.iterations={generator_steps}", "method.delegator.batch_size=128",
                       "method.delegator_check=false"]
+    elif section == "generator":
+        overrides.append(f"method.generator.steps={generator_steps}")
     return load_experiment(ROOT / "configs" / "mini.yaml", overrides)
 
 
 def reach_task(trainer: Trainer, task_index: int) -> None:
-    """Run ``prepare_task`` + add the head of every task before ``task_index`` (no training)."""
+    """Run ``prepare_task``, add the head and run ``finish_task`` of every task before
+    ``task_index`` (no training epochs): what a method keeps from a finished task (PASS's class
+    means, EWC's Fisher, DGR's generator) is there when the measured task starts."""
     for task in trainer.scenario.tasks[:task_index]:
         trainer.method.prepare_task(trainer.model, task)
         trainer.model.add_head(task.num_new)
+        trainer.method.finish_task(trainer.model, task)
 
 
 def timed_prepare(method: str, task_index: int, steps: int, dataset: DatasetArrays, work: Path,
                   extra: tuple[str, ...] = ()) -> float:
-    """Seconds of ``prepare_task`` of ``task_index`` with a generator budget of ``steps``."""
+    """Seconds of ``prepare_task`` of ``task_index`` with a generator budget of ``steps`` (of
+    ``finish_task`` for a method in :data:`TRAINED_AFTER_TASK`)."""
     trainer = Trainer(config_for(method, steps, extra), work / f"prep-{method}-{steps}", dataset)
     reach_task(trainer, task_index)
+    task = trainer.scenario.tasks[task_index]
+    if method in TRAINED_AFTER_TASK:
+        trainer.method.prepare_task(trainer.model, task)
+        trainer.model.add_head(task.num_new)
     synchronize(trainer.device)
     start = time.perf_counter()
-    trainer.method.prepare_task(trainer.model, trainer.scenario.tasks[task_index])
+    if method in TRAINED_AFTER_TASK:
+        trainer.method.finish_task(trainer.model, task)
+    else:
+        trainer.method.prepare_task(trainer.model, task)
     synchronize(trainer.device)
     return time.perf_counter() - start
 
@@ -231,7 +261,8 @@ def markdown(results: list[dict[str, Any]], peaks: dict[str, float], facts: dict
         "GFLOP/step counts every forward and backward of the step (real and synthetic batches, frozen",
         "old model, generator sampling) with PyTorch's FlopCounterMode; generator steps/s is the",
         "method's own generator (or SKD's delegator: one iteration = 5 imitate + 1 explore step) at",
-        "batch 128 (MFGR: 128; ABD / R-DFCIL / DeepInversion: the real batch size). Step ms is the",
+        "batch 128 (MFGR: 128; ABD / R-DFCIL / DeepInversion: the real batch size; DGR: its VAE's step",
+        "after the task, on a batch of real images and as many replayed ones). Step ms is the",
         f"median of {facts['epochs']} timed epochs of 20 steps (19 of 128 images and one of 68) after a warm-up epoch;",
         "(compiled) rows are the same measurement with `train.compile=true` (the backbones compiled",
         "with static shapes; the warm-up epoch compiles every shape the timed ones meet).",
