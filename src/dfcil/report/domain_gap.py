@@ -274,10 +274,11 @@ def run_domain_gaps(run_dir: Path, config: dict[str, Any], with_tsne: bool = Tru
 def with_tsne_maps(results: list[DomainGaps], jobs: int = 1) -> None:
     """Give every task gap of ``results`` that has no t-SNE map its map (in place), computing
     all of them together, ``jobs`` at a time (see :func:`tsne_maps`)."""
-    pending = [(result, index) for result in results for index, gap in enumerate(result.gaps)
-               if gap.embedding is None and gap.points is not None]
-    maps = tsne_maps([result.gaps[index].points for result, index in pending], jobs)  # type: ignore[misc]
-    for (result, index), embedding in zip(pending, maps):
+    pending: list[tuple[DomainGaps, int, np.ndarray]] = [
+        (result, index, gap.points) for result in results for index, gap in enumerate(result.gaps)
+        if gap.embedding is None and gap.points is not None]
+    maps = tsne_maps([points for _, _, points in pending], jobs)
+    for (result, index, _), embedding in zip(pending, maps):
         result.gaps[index] = replace(result.gaps[index], embedding=embedding)
 
 
