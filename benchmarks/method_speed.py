@@ -41,7 +41,7 @@ Writes ``DIR/method_speed.{json,md}`` (default ``benchmarks/results``, atomicall
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import sys
 import tempfile
 import time
@@ -50,7 +50,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfcil.atomic import write_json, write_text
@@ -62,13 +61,14 @@ from dfcil.experiment import Experiment, load_experiment
 from dfcil.methods import METHODS
 from dfcil.precision import resolve_precision
 from dfcil.run import git_commit, machine_description
+from dfcil.suite import Suite, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI_SUITE = ROOT / "suites" / "mini.yaml"
 GENERATOR_SECTIONS = {"deepinversion": "synthesis", "abd": "synthesis", "rdfcil": "synthesis",
                       "mfgr": "synthesis", "skd": "delegator", "dgr": "generator"}
 #: methods whose generator trains in ``finish_task`` (after the task) rather than in ``prepare_task``
-TRAINED_AFTER_TASK = frozenset({"dgr"})
+TRAINED_AFTER_TASK = frozenset(m for m, section in GENERATOR_SECTIONS.items() if section == "generator")
 
 
 def random_dataset(classes: int = 20, train: int = 500, test: int = 100, seed: int = 0) -> DatasetArrays:
@@ -126,12 +126,16 @@ def measured_peaks(dtype: torch.dtype, device: torch.device) -> dict[str, float]
     return results
 
 
+@functools.cache
+def _suite(path: Path) -> Suite:
+    return load_suite(path)
+
+
 def suite_settings(method: str, suite: Path = MINI_SUITE) -> list[str]:
-    """The mini suite's settings of ``method`` (its point of the suite's ``method`` axis, e.g.
-    PASS's Adam) as ``--set`` overrides; none for a method the suite does not name."""
-    spec = yaml.safe_load(suite.read_text())["axes"]["method"].get(method) or {}
-    return [f"{key}={json.dumps(value) if isinstance(value, (bool, list, dict)) or value is None else value}"
-            for key, value in spec.items() if key != "method.name"]
+    """The mini suite's overrides of its run of ``method`` (e.g. PASS's Adam), as the suite itself
+    builds them, without the method name and seed; none for a method the suite does not name."""
+    run = next((r for r in _suite(suite).runs if r.labels.get("method") == method), None)
+    return [] if run is None else [o for o in run.overrides if o.split("=", 1)[0] not in ("method.name", "seed")]
 
 
 def config_for(method: str, generator_steps: int, extra: tuple[str, ...] = ()) -> Experiment:
@@ -170,15 +174,14 @@ def timed_prepare(method: str, task_index: int, steps: int, dataset: DatasetArra
     trainer = Trainer(config_for(method, steps, extra), work / f"prep-{method}-{steps}", dataset)
     reach_task(trainer, task_index)
     task = trainer.scenario.tasks[task_index]
+    timed = trainer.method.prepare_task
     if method in TRAINED_AFTER_TASK:
-        trainer.method.prepare_task(trainer.model, task)
+        timed(trainer.model, task)
         trainer.model.add_head(task.num_new)
+        timed = trainer.method.finish_task
     synchronize(trainer.device)
     start = time.perf_counter()
-    if method in TRAINED_AFTER_TASK:
-        trainer.method.finish_task(trainer.model, task)
-    else:
-        trainer.method.prepare_task(trainer.model, task)
+    timed(trainer.model, task)
     synchronize(trainer.device)
     return time.perf_counter() - start
 
