@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from dfcil.config import TrainConfig
 from dfcil.engine.trainer import Trainer
 from dfcil.errors import ConfigError
 from dfcil.experiment import parse_experiment
@@ -25,6 +26,7 @@ from dfcil.methods.importance import (
     mas_score,
     per_image_importance,
     quadratic_penalty,
+    stable_importance_max,
 )
 from dfcil.methods.lwfmc import lwf_mc_loss, lwf_mc_targets
 from dfcil.models import IncrementalClassifier
@@ -252,7 +254,8 @@ def test_penalty_by_hand_and_the_new_head_is_free():
     model = linear_model([[1.0, 2.0], [3.0, 4.0]])
     anchored = AnchoredImportance(alpha=None)
     anchored.update(model, {"heads.0.weight": torch.tensor([[1.0, 0.0], [2.0, 0.5]])}, images=3, task=1)
-    assert anchored.ready and anchored.estimates == [{"task": 1, "images": 3, "mean": 0.875, "max": 2.0, "clamped": 0.0}]
+    assert anchored.ready and anchored.estimates == [{"task": 1, "images": 3, "mean": 0.875, "max": 2.0, "clamped": 0.0,
+                                                      "total_max": 2.0, "capped": 0.0}]
     new_head = model.add_head(1)
     assert anchored.penalty(model).item() == 0.0  # at the anchor
     with torch.no_grad():
@@ -276,6 +279,48 @@ def test_clamp_cuts_each_estimate_before_it_is_merged():
     # min(F, 1e-4), then 0.5 * 0 + 0.5 * that
     assert torch.allclose(anchored.importance["heads.0.weight"], torch.tensor([[0.5e-5, 0.5e-4], [0.5e-4, 0.0]]))
     assert anchored.estimates[0]["clamped"] == 0.5 and anchored.estimates[0]["max"] == pytest.approx(3e-4)
+
+
+def test_total_max_caps_the_accumulated_importance_after_merging():
+    model = linear_model([[1.0, 2.0], [3.0, 4.0]])
+    anchored = AnchoredImportance(alpha=None)
+    anchored.update(model, {"heads.0.weight": torch.tensor([[1.0, 6.0], [3.0, 0.0]])}, 2, 1, total_max=5.0)
+    anchored.update(model, {"heads.0.weight": torch.tensor([[1.0, 1.0], [3.0, 4.0]])}, 2, 2, total_max=5.0)
+    # task 1: [[1, 6], [3, 0]] -> [[1, 5], [3, 0]]; task 2: + [[1, 1], [3, 4]] = [[2, 6], [6, 4]] -> capped at 5
+    assert torch.equal(anchored.importance["heads.0.weight"], torch.tensor([[2.0, 5.0], [5.0, 4.0]]))
+    first, second = anchored.estimates
+    assert (first["total_max"], first["capped"], first["max"]) == (6.0, 0.25, 6.0)
+    assert (second["total_max"], second["capped"], second["max"]) == (6.0, 0.5, 4.0)
+
+
+def test_stable_importance_max_by_hand():
+    # heavy ball: 0.5 * 2 (1 + 0.9) / (2 * 0.1 * 1) = 9.5; Nesterov: 0.5 * (3.8 / 2.8) / 0.2
+    assert stable_importance_max(TrainConfig(lr=0.1, momentum=0.9), 1.0) == pytest.approx(9.5)
+    assert stable_importance_max(TrainConfig(lr=0.1, momentum=0.9, nesterov=True), 1.0) == pytest.approx(3.8 / 2.8 / 0.4)
+    assert stable_importance_max(TrainConfig(lr=0.05, momentum=0.0), 2.0, margin=1.0) == pytest.approx(10.0)
+    assert stable_importance_max(TrainConfig(optimizer="adam", lr=1e-3), 1.0) is None
+    assert stable_importance_max(TrainConfig(), 0.0) is None
+    with pytest.raises(ValueError):
+        stable_importance_max(TrainConfig(), 1.0, margin=0.0)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_stable_bound_is_where_sgd_on_the_penalty_starts_to_diverge(nesterov):
+    """torch's SGD on ``lamb * Omega * (x - 1)^2`` alone: 1 % below the bound (margin 1) it
+    converges to the anchor, 1 % above it the distance grows without limit."""
+    train = TrainConfig(lr=0.1, momentum=0.9, nesterov=nesterov)
+    bound = stable_importance_max(train, 2.0, margin=1.0)
+    assert bound is not None
+    distances = []
+    for omega in (0.99 * bound, 1.01 * bound):
+        x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.SGD([x], lr=train.lr, momentum=train.momentum, nesterov=nesterov)
+        for _ in range(3000):
+            optimizer.zero_grad()
+            (2.0 * omega * (x - 1.0).square()).sum().backward()
+            optimizer.step()
+        distances.append(abs(float(x.detach()) - 1.0))
+    assert distances[0] < 1e-3 and distances[1] > 1e3
 
 
 def test_anchored_importance_round_trips_its_state():
@@ -337,6 +382,13 @@ def test_options_are_checked():
         resolve_method({"name": "ewc", "alpha": 1.0})
     with pytest.raises(ConfigError, match="method.lamb"):
         resolve_method({"name": "mas", "lamb": -1})
+    assert resolve_method({"name": "mas"})[1].importance_max == "stable"
+    assert resolve_method({"name": "mas", "importance_max": 3})[1].importance_max == 3.0
+    assert resolve_method({"name": "mas", "importance_max": None})[1].importance_max is None
+    with pytest.raises(ConfigError, match="method.importance_max"):
+        resolve_method({"name": "mas", "importance_max": -1.0})
+    with pytest.raises(ConfigError, match="method.importance_max"):
+        resolve_method({"name": "mas", "importance_max": "unstable"})
     with pytest.raises(ConfigError, match="method.fisher_labels"):
         resolve_method({"name": "ewc", "fisher_labels": "sampled"})
     with pytest.raises(ConfigError, match="method.reduction"):

@@ -24,6 +24,12 @@ Neither changes the model (its BatchNorm statistics and training mode are put ba
 end of the last task (the anchors ``theta*``) and gives the penalty
 ``sum_i Omega_i (theta_i - theta*_i)^2`` over the parameters that have an anchor: the backbone and
 every head of an earlier task, never the head of the task being learned.
+
+The penalty is a quadratic of curvature ``h = 2 lambda Omega_i`` in each parameter, and SGD
+integrates it explicitly: with momentum ``beta`` the heavy-ball step on such a quadratic is stable
+only while ``lr h < 2 (1 + beta)`` (``2 (1 + beta) / (1 + 2 beta)`` with Nesterov), whatever the
+other losses do. :func:`stable_importance_max` gives the largest ``Omega`` below that bound, and
+``AnchoredImportance.update(total_max=...)`` caps the accumulated importance there.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfcil.config import TrainConfig
 from dfcil.distributed import SINGLE, Distributed
 from dfcil.losses import cross_entropy_seen, local_cross_entropy
 from dfcil.methods.base import Batch
@@ -205,6 +212,22 @@ def quadratic_penalty(model: nn.Module, importance: dict[str, torch.Tensor],
     return total
 
 
+def stable_importance_max(train: TrainConfig, lamb: float, margin: float = 0.5) -> float | None:
+    """The largest importance ``Omega`` whose penalty ``lamb Omega (theta - theta*)^2`` SGD with
+    ``train``'s lr, momentum and Nesterov flag still integrates stably, times ``margin``:
+    ``margin * bound / (2 lr lamb)`` with ``bound = 2 (1 + beta)`` (heavy ball) or
+    ``2 (1 + beta) / (1 + 2 beta)`` (Nesterov) - the step of a quadratic of curvature ``h`` is
+    stable iff ``lr h < bound``. ``margin`` < 1 leaves room for the curvature the other losses add
+    to the same parameter. None (no cap) for Adam, whose step is normalised, and for ``lamb`` 0."""
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin must be in (0, 1], got {margin}")
+    if train.optimizer != "sgd" or lamb == 0:
+        return None
+    beta = train.momentum
+    bound = 2 * (1 + beta) / (1 + 2 * beta) if train.nesterov else 2 * (1 + beta)
+    return margin * bound / (2 * train.lr * lamb)
+
+
 def accumulate(previous: dict[str, torch.Tensor], current: dict[str, torch.Tensor],
                alpha: float | None) -> dict[str, torch.Tensor]:
     """The importance after a task: ``previous + current`` (``alpha`` None) or the running
@@ -235,21 +258,30 @@ class AnchoredImportance:
         return bool(self.anchors)
 
     def update(self, model: nn.Module, current: dict[str, torch.Tensor], images: int, task: int,
-               clamp: float | None = None) -> None:
+               clamp: float | None = None, total_max: float | None = None) -> None:
         """Fold the estimate ``current`` of task ``task`` (1-based) in, each value first clamped at
-        ``clamp`` when given (PyCIL's ``fishermax``), and anchor at ``model``'s parameters now.
-        The summary keeps the estimate's mean and max before the clamp, and the share of the
-        values the clamp cut."""
+        ``clamp`` when given (PyCIL's ``fishermax``), cap the accumulated importance at
+        ``total_max`` when given (:func:`stable_importance_max`), and anchor at ``model``'s
+        parameters now. The summary keeps the estimate's mean and max before the clamp, the share
+        of the values the clamp cut, and the accumulated importance's max before the cap and the
+        share of its values the cap cut."""
         values = torch.cat([v.flatten() for v in current.values()])
         clamped = 0.0
         if clamp is not None:
             clamped = float((values > clamp).float().mean())
             current = {name: v.clamp(max=clamp) for name, v in current.items()}
         self.importance = accumulate(self.importance, current, self.alpha)
+        totals = torch.cat([v.flatten() for v in self.importance.values()])
+        total_max_before = float(totals.max())
+        capped = 0.0
+        if total_max is not None:
+            capped = float((totals > total_max).float().mean())
+            self.importance = {name: v.clamp(max=total_max) for name, v in self.importance.items()}
         self.anchors = {name: p.detach().float().clone() for name, p in model.named_parameters() if name in current}
         self.estimates = [e for e in self.estimates if e["task"] != task]
         self.estimates.append({"task": task, "images": images, "mean": float(values.mean()),
-                               "max": float(values.max()), "clamped": clamped})
+                               "max": float(values.max()), "clamped": clamped,
+                               "total_max": total_max_before, "capped": capped})
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """:func:`quadratic_penalty` of ``model`` against the anchors."""

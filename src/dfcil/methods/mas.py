@@ -25,6 +25,20 @@ seen classes as for ``finetune`` and ``lwf`` (``ce: local``: over the new classe
 MAS without exemplars). lambda = 1, the paper's code's value (and FACIL's default): MFGR
 (arXiv:2109.00328), which reports MAS as a baseline (its Tables 5-8), does not give its settings.
 
+**The stability cap.** The penalty is a quadratic of curvature ``2 lambda Omega_i`` per parameter,
+stepped explicitly by SGD, which is stable only while ``lr 2 lambda Omega_i < 2 (1 + momentum)``
+(:func:`~dfcil.methods.importance.stable_importance_max`). The authors' lambda 1 came with SGD lr
+0.0008 and momentum 0.9 (their ``MAS.py``), which puts that bound at Omega 2,375; at lr 0.1 with
+momentum 0.9 (every protocol of this project) it is 19. On mini the accumulated Omega after task 2
+exceeded it on 208 of 464,144 parameters (max 67.4; all but a few are the second BatchNorm bias of a
+residual block, which in the ``rdfcil`` network shifts the features linearly up to the logits), and
+task 3 diverged in its first epoch (an inf loss; run ``method-mas__seed-0`` of ``suites/mini.yaml``
+at commit ba5908d). ``importance_max: stable`` (the default) caps the accumulated Omega at half that
+bound (9.5 on mini: 313 parameters, 0.07 %, of that run's model); a capped parameter is still held
+with at least 14 % (9.5 / 67.4) of its estimated stiffness, and every other parameter is unchanged.
+A number caps there; null keeps the estimate as it is (for a small lr; with Adam, whose step is
+normalised, ``stable`` applies no cap).
+
 The first task is plain CE, but the importance estimated at its end is read in the second task:
 a run cannot start from another method's first task (``plain_first_task`` is false).
 """
@@ -35,7 +49,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dfcil.methods.base import Batch, Loss, Method, Phase, RunEnv, StepResult
-from dfcil.methods.importance import AnchoredImportance, estimate_importance, mas_score, task_cross_entropy
+from dfcil.methods.importance import (
+    AnchoredImportance,
+    estimate_importance,
+    mas_score,
+    stable_importance_max,
+    task_cross_entropy,
+)
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Task
 from dfcil.schema import join, require
@@ -52,10 +72,15 @@ class MASOptions:
     # per_image: the paper's definition (eval mode, one gradient per image), a far larger estimate
     estimate: Literal["batch", "per_image"] = "batch"
     batch_size: int | None = None  # images per batch of the importance pass (None: train.batch_size)
+    # cap of the accumulated Omega: stable = half the largest value SGD steps stably (see the module
+    # docstring; none with Adam), a number = that value, null = no cap
+    importance_max: float | Literal["stable"] | None = "stable"
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
         require(self.lamb >= 0, join(path, "lamb"), "must be >= 0")
+        require(not isinstance(self.importance_max, float) or self.importance_max > 0,
+                join(path, "importance_max"), "must be > 0, stable or null")
         require(self.alpha is None or 0 <= self.alpha < 1, join(path, "alpha"), "must be in [0, 1) or null")
         require(self.batch_size is None or self.batch_size >= 1, join(path, "batch_size"), "must be >= 1")
 
@@ -86,10 +111,17 @@ class MAS(Method):
         batches = self.env.task_batches(task, batch_size=self.options.batch_size)
         current, images = estimate_importance(self.options.estimate, model, batches, mas_score, "abs",
                                               task.num_seen, self.env.dist)
-        self.omega.update(model, current, images, task.index + 1)
+        self.omega.update(model, current, images, task.index + 1, total_max=self.importance_cap())
+
+    def importance_cap(self) -> float | None:
+        """The value the accumulated importance is capped at (``importance_max``), if any."""
+        if self.options.importance_max == "stable":
+            return stable_importance_max(self.env.train, self.options.lamb)
+        return self.options.importance_max
 
     def diagnostics(self) -> dict[str, Any]:
-        """Mean and max of every task's importance estimate (before accumulating) and its image count."""
+        """Mean and max of every task's importance estimate (before accumulating), its image count,
+        and the accumulated importance's max before the cap and the share the cap cut."""
         return {"importance": [dict(e) for e in self.omega.estimates]} if self.omega.estimates else {}
 
     def state_dict(self) -> dict[str, Any]:
