@@ -367,6 +367,10 @@ def test_regularizer_estimates_after_every_task_and_penalises_in_the_second(name
     assert epochs[1]["weights"][name] == (5000.0 if name == "ewc" else 1.0)
     key = "fisher" if name == "ewc" else "importance"
     assert [e["task"] for e in trainer.metrics()["method_diagnostics"][key]] == [1, 2]
+    if name == "mas":  # the run's SGD (lr 0.05, momentum 0.9) caps Omega at 0.5 * 2 * 1.9 / (2 * 0.05 * 1) = 19
+        assert trainer.method.importance_cap() == pytest.approx(19.0)
+        assert all(float(v.max()) <= 19.0 for v in anchored.importance.values())
+        assert all({"total_max", "capped"} <= set(e) for e in anchored.estimates)
 
 
 def test_lwfmc_trains_with_the_bce_alone(tmp_path):
