@@ -355,7 +355,7 @@ def _run(method: dict, tmp_path: Path) -> Trainer:
 @pytest.mark.parametrize("name", ["ewc", "mas"])
 def test_regularizer_estimates_after_every_task_and_penalises_in_the_second(name, tmp_path):
     trainer = _run({"name": name}, tmp_path)
-    anchored = getattr(trainer.method, "fisher" if name == "ewc" else "omega")
+    anchored = trainer.method.anchored
     # estimated after each task on its 16 real images, anchored at the final weights, both heads included
     assert [(e["task"], e["images"]) for e in anchored.estimates] == [(1, 16), (2, 16)]
     final = dict(trainer.model.named_parameters())
@@ -367,10 +367,12 @@ def test_regularizer_estimates_after_every_task_and_penalises_in_the_second(name
     assert epochs[1]["weights"][name] == (5000.0 if name == "ewc" else 1.0)
     key = "fisher" if name == "ewc" else "importance"
     assert [e["task"] for e in trainer.metrics()["method_diagnostics"][key]] == [1, 2]
-    if name == "mas":  # the run's SGD (lr 0.05, momentum 0.9) caps Omega at 0.5 * 2 * 1.9 / (2 * 0.05 * 1) = 19
-        assert trainer.method.importance_cap() == pytest.approx(19.0)
-        assert all(float(v.max()) <= 19.0 for v in anchored.importance.values())
-        assert all({"total_max", "capped"} <= set(e) for e in anchored.estimates)
+    # the run's SGD (lr 0.05, momentum 0.9) caps the importance at 0.5 * 2 * 1.9 / (2 * 0.05 * lambda * scale):
+    # 19 for MAS (lambda 1, scale 1), 0.0076 for EWC (lambda 5000, scale 1/2)
+    cap = 19.0 if name == "mas" else 0.0076
+    assert trainer.method.importance_cap() == pytest.approx(cap)
+    assert all(float(v.max()) <= cap for v in anchored.importance.values())
+    assert all({"total_max", "capped"} <= set(e) for e in anchored.estimates)
 
 
 def test_lwfmc_trains_with_the_bce_alone(tmp_path):

@@ -21,7 +21,10 @@ the latest, not one per task as in Kirkpatrick et al.'s Eq. 3 for several tasks)
 what keeps SGD stable: an importance ``F_i`` gives the penalty a curvature ``lambda F_i``, and
 SGD with momentum 0.9 diverges once ``lr * lambda * F_i > 3.8``; without it FACIL's lambda 5000
 diverges on this project's schedules (smoke protocol, lr 0.05: the loss is infinite in the second
-epoch of task 2, where the largest F_i is about 0.02). ``fisher_max: null`` is FACIL unclamped.
+epoch of task 2, where the largest F_i is about 0.02). ``fisher_max: null`` is FACIL unclamped. The
+accumulated Fisher is also capped at half the stable value (``importance_max: stable``, as MAS; see
+:mod:`dfcil.methods.anchored`: ``F < 0.5 * 3.8 / (lr lambda)``, 0.0038 at lr 0.1), which the clamp
+already keeps it far below; without the clamp, the cap is what keeps SGD stable.
 
 Training of task t > 1: ``L = CE + lambda/2 sum_i F_i (theta_i - theta*_i)^2`` (Kirkpatrick et al.
 Eq. 3; the ``ewc`` term is the sum with the 1/2, weighted by lambda) over the parameters that
@@ -40,10 +43,13 @@ run cannot start from another method's first task (``plain_first_task`` is false
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from dfcil.methods.base import Batch, Loss, Method, Phase, RunEnv, StepResult
-from dfcil.methods.importance import AnchoredImportance, estimate_importance, fisher_score, task_cross_entropy
+import torch
+
+from dfcil.methods.anchored import AnchoredPenaltyMethod, ImportanceMax, validate_penalty_options
+from dfcil.methods.base import RunEnv
+from dfcil.methods.importance import estimate_importance, fisher_score
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Task
 from dfcil.schema import join, require
@@ -63,52 +69,36 @@ class EWCOptions:
     # per_image: the paper's definition (eval mode, one gradient per image), a far larger estimate
     estimate: Literal["batch", "per_image"] = "batch"
     batch_size: int | None = None  # images per batch of the Fisher pass (None: train.batch_size)
+    # cap of the accumulated Fisher: stable = half the largest value SGD steps stably (none with
+    # Adam), a number = that value, null = no cap
+    importance_max: ImportanceMax = "stable"
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
-        require(self.lamb >= 0, join(path, "lamb"), "must be >= 0")
+        validate_penalty_options(self, path)
         require(self.fisher_max is None or self.fisher_max > 0, join(path, "fisher_max"), "must be > 0 or null")
-        require(self.alpha is None or 0 <= self.alpha < 1, join(path, "alpha"), "must be in [0, 1) or null")
-        require(self.batch_size is None or self.batch_size >= 1, join(path, "batch_size"), "must be >= 1")
 
 
-class EWC(Method):
+class EWC(AnchoredPenaltyMethod):
     """CE plus the quadratic penalty of the running diagonal Fisher around the last task's weights."""
 
     name = "ewc"
     description = "Elastic Weight Consolidation: CE + lambda/2 sum F (theta - theta*)^2, running diagonal Fisher (FACIL, lambda 5000)"
     Options = EWCOptions
-    plain_first_task = False  # the Fisher of the first task is read in the second
+    penalty = "ewc"
+    scale = 0.5  # lambda/2
+    state_key = "fisher"
 
     def __init__(self, options: EWCOptions, env: RunEnv) -> None:
         super().__init__(options, env)
         self.options: EWCOptions = options
-        self.fisher = AnchoredImportance(options.alpha)
 
-    def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
-        """CE, plus lambda/2 * the Fisher penalty after the first task."""
-        logits = model(batch.images).logits
-        losses = {"ce": Loss(task_cross_entropy(logits, batch.labels, task, self.options.ce))}
-        if task.num_old and self.fisher.ready:
-            losses["ewc"] = Loss(0.5 * self.fisher.penalty(model), self.options.lamb)
-        return StepResult(losses, logits)
-
-    def finish_task(self, model: IncrementalClassifier, task: Task) -> None:
-        """Estimate the task's Fisher on its real images, merge it, anchor at the current weights."""
+    def estimate(self, model: IncrementalClassifier, task: Task) -> tuple[dict[str, torch.Tensor], int]:
+        """The task's diagonal Fisher on its real images."""
         batches = self.env.task_batches(task, batch_size=self.options.batch_size)
-        current, images = estimate_importance(self.options.estimate, model, batches,
-                                              fisher_score(self.options.fisher_labels), "square", task.num_seen,
-                                              self.env.dist)
-        self.fisher.update(model, current, images, task.index + 1, self.options.fisher_max)
+        return estimate_importance(self.options.estimate, model, batches, fisher_score(self.options.fisher_labels),
+                                   "square", task.num_seen, self.env.dist)
 
-    def diagnostics(self) -> dict[str, Any]:
-        """Mean and max of every task's Fisher estimate (before merging) and its image count."""
-        return {"fisher": [dict(e) for e in self.fisher.estimates]} if self.fisher.estimates else {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The running Fisher, the anchors and the estimates' summary."""
-        return {"fisher": self.fisher.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.fisher.load_state_dict(state["fisher"], self.env.device)
+    def estimate_clamp(self) -> float | None:
+        """PyCIL's ``fishermax``: each task's Fisher is clamped at ``fisher_max``."""
+        return self.options.fisher_max

@@ -27,7 +27,7 @@ MAS without exemplars). lambda = 1, the paper's code's value (and FACIL's defaul
 
 **The stability cap.** The penalty is a quadratic of curvature ``2 lambda Omega_i`` per parameter,
 stepped explicitly by SGD, which is stable only while ``lr 2 lambda Omega_i < 2 (1 + momentum)``
-(:func:`~dfcil.methods.importance.stable_importance_max`). The authors' lambda 1 came with SGD lr
+(:mod:`dfcil.methods.anchored`). The authors' lambda 1 came with SGD lr
 0.0008 and momentum 0.9 (their ``MAS.py``), which puts that bound at Omega 2,375; at lr 0.1 with
 momentum 0.9 (every protocol of this project) it is 19. On mini the accumulated Omega after task 2
 exceeded it on 208 of 464,144 parameters (max 67.4; all but a few are the second BatchNorm bias of a
@@ -46,19 +46,15 @@ a run cannot start from another method's first task (``plain_first_task`` is fal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from dfcil.methods.base import Batch, Loss, Method, Phase, RunEnv, StepResult
-from dfcil.methods.importance import (
-    AnchoredImportance,
-    estimate_importance,
-    mas_score,
-    stable_importance_max,
-    task_cross_entropy,
-)
+import torch
+
+from dfcil.methods.anchored import AnchoredPenaltyMethod, ImportanceMax, validate_penalty_options
+from dfcil.methods.base import RunEnv
+from dfcil.methods.importance import estimate_importance, mas_score
 from dfcil.models import IncrementalClassifier
 from dfcil.scenario import Task
-from dfcil.schema import join, require
 
 
 @dataclass(frozen=True)
@@ -74,60 +70,29 @@ class MASOptions:
     batch_size: int | None = None  # images per batch of the importance pass (None: train.batch_size)
     # cap of the accumulated Omega: stable = half the largest value SGD steps stably (see the module
     # docstring; none with Adam), a number = that value, null = no cap
-    importance_max: float | Literal["stable"] | None = "stable"
+    importance_max: ImportanceMax = "stable"
 
     def validate(self, path: str) -> None:
         """Check value ranges."""
-        require(self.lamb >= 0, join(path, "lamb"), "must be >= 0")
-        require(not isinstance(self.importance_max, float) or self.importance_max > 0,
-                join(path, "importance_max"), "must be > 0, stable or null")
-        require(self.alpha is None or 0 <= self.alpha < 1, join(path, "alpha"), "must be in [0, 1) or null")
-        require(self.batch_size is None or self.batch_size >= 1, join(path, "batch_size"), "must be >= 1")
+        validate_penalty_options(self, path)
 
 
-class MAS(Method):
+class MAS(AnchoredPenaltyMethod):
     """CE plus the quadratic penalty of the accumulated output sensitivity around the last task's weights."""
 
     name = "mas"
     description = "Memory Aware Synapses: CE + lambda sum Omega (theta - theta*)^2, Omega = mean |d||logits||^2/dtheta| (lambda 1)"
     Options = MASOptions
-    plain_first_task = False  # the importance of the first task is read in the second
+    penalty = "mas"
+    scale = 1.0  # the paper's Eq. 3 has no 1/2
+    state_key = "importance"
 
     def __init__(self, options: MASOptions, env: RunEnv) -> None:
         super().__init__(options, env)
         self.options: MASOptions = options
-        self.omega = AnchoredImportance(options.alpha)
 
-    def training_step(self, model: IncrementalClassifier, batch: Batch, task: Task, phase: Phase) -> StepResult:
-        """CE, plus lambda * the importance penalty after the first task."""
-        logits = model(batch.images).logits
-        losses = {"ce": Loss(task_cross_entropy(logits, batch.labels, task, self.options.ce))}
-        if task.num_old and self.omega.ready:
-            losses["mas"] = Loss(self.omega.penalty(model), self.options.lamb)
-        return StepResult(losses, logits)
-
-    def finish_task(self, model: IncrementalClassifier, task: Task) -> None:
-        """Estimate the task's importance on its real images, add it, anchor at the current weights."""
+    def estimate(self, model: IncrementalClassifier, task: Task) -> tuple[dict[str, torch.Tensor], int]:
+        """The task's output sensitivity on its real images."""
         batches = self.env.task_batches(task, batch_size=self.options.batch_size)
-        current, images = estimate_importance(self.options.estimate, model, batches, mas_score, "abs",
-                                              task.num_seen, self.env.dist)
-        self.omega.update(model, current, images, task.index + 1, total_max=self.importance_cap())
-
-    def importance_cap(self) -> float | None:
-        """The value the accumulated importance is capped at (``importance_max``), if any."""
-        if self.options.importance_max == "stable":
-            return stable_importance_max(self.env.train, self.options.lamb)
-        return self.options.importance_max
-
-    def diagnostics(self) -> dict[str, Any]:
-        """Mean and max of every task's importance estimate (before accumulating), its image count,
-        and the accumulated importance's max before the cap and the share the cap cut."""
-        return {"importance": [dict(e) for e in self.omega.estimates]} if self.omega.estimates else {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The accumulated importance, the anchors and the estimates' summary."""
-        return {"importance": self.omega.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.omega.load_state_dict(state["importance"], self.env.device)
+        return estimate_importance(self.options.estimate, model, batches, mas_score, "abs", task.num_seen,
+                                   self.env.dist)
