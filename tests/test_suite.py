@@ -193,6 +193,16 @@ def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tm
     execute_suite(selected, out, jobs=2)
     assert [name for name, _, _ in started] == ["method-ft__seed-1"]
     assert f"runtime.upper_bound={out / 'method-joint__seed-1'}" in started[0][1]
+    # --only without a joint run that is not complete: that joint run is trained first
+    started.clear()
+    (out / "method-ft__seed-1" / "metrics.json").unlink()
+    (out / "method-ft__seed-1" / "config.yaml").unlink()
+    (out / "method-joint__seed-1" / "metrics.json").unlink()
+    (out / "method-joint__seed-1" / "config.yaml").unlink()
+    outcome = execute_suite(selected, out, jobs=2)
+    assert [name for name, _, _ in started] == ["method-joint__seed-1", "method-ft__seed-1"]
+    assert f"runtime.upper_bound={out / 'method-joint__seed-1'}" in started[1][1]
+    assert sorted(outcome["done"]) == ["method-ft__seed-1", "method-joint__seed-1"]
     assert [r.name for r in select_runs(suite, ["*seed-0", "method-joint__*"]).runs] == [
         "method-ft__seed-0", "method-joint__seed-0", "method-joint__seed-1"]
     with pytest.raises(ConfigError, match="matches none of the suite's runs"):

@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     suite.add_argument("--jobs", type=int, default=1, help="experiments at once, as separate processes (default 1)")
     suite.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do")
     suite.add_argument("--only", action="append", default=[], metavar="PATTERN",
-                       help="only the runs whose name matches this shell pattern, e.g. 'method-lwf__*' (repeatable)")
+                       help="only the runs whose name matches this shell pattern, e.g. 'method-lwf__*' (repeatable); "
+                            "the partner joint run of a selected run is trained first when it is not complete")
     suite.add_argument("--status", action="store_true",
                        help="print where every run stands (complete, interrupted or still running, new; last epoch, "
                             "minutes, A_N), the estimated time left (wall time at --jobs K) and start nothing")

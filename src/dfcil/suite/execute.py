@@ -122,7 +122,9 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
     starts from the completed first task of any run of the grid under ``out`` that shares it.
 
     Joint runs start first; any other run starts as soon as a job slot is free and its partner
-    joint run (the one that gives its Omega) has ended, so no slot idles while a joint runs."""
+    joint run (the one that gives its Omega) has ended, so no slot idles while a joint runs. A
+    selected run's partner joint run that is not complete, nor training in another process, is
+    trained too, first, even when the selection leaves it out: without it the run has no Omega."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     outcome: dict[str, list[str]] = {"skipped": [], "done": [], "failed": [], "running_elsewhere": []}
@@ -142,10 +144,19 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
     for run in [run for run in suite.runs if run.is_joint] + [run for run in suite.runs if not run.is_joint]:
         if not set_aside(run):
             pending.append(run)
+    # a selected run (--only) whose partner joint run is neither complete nor training elsewhere:
+    # that joint run is trained first, although the selection left it out (it gives the run's Omega)
+    for run in list(pending):
+        partner = None if run.is_joint else _partner_joint(run, joints)
+        if (partner is not None and all(item.name != partner.name for item in pending)
+                and run_state(out / partner.name) not in ("complete", "running")):
+            pending.insert(0, partner)
+            logger.info("%s first: it gives the Omega of %s", partner.name, run.name)
     threads = threads_per_job(jobs)
     # runs that train the same first task share it: the first of a group to start trains it, the
     # others start from it once it is done (dfcil.first_task)
-    every_run = {run.name: run for run in (grid.runs if grid is not None else [])} | {r.name: r for r in suite.runs}
+    every_run = ({run.name: run for run in (grid.runs if grid is not None else [])} | {r.name: r for r in suite.runs}
+                 | {r.name: r for r in pending})
     keys = {name: run.first_task_key() for name, run in every_run.items()}
     groups: dict[str, list[SuiteRun]] = {}
     for name, run in every_run.items():
