@@ -23,6 +23,7 @@ from dfcil.report import (
     find_runs,
     group_runs,
     load_run,
+    omega_from_joint,
     protocol_label,
     protocol_labels,
     row_label,
@@ -195,6 +196,32 @@ def test_aggregates_match_hand_computed(built) -> None:
     half = _group(groups, HALF, "lwf")
     assert "omega" not in half.stats  # no upper bound: no Omega
     assert half.stats["average_incremental_accuracy"].mean == pytest.approx(50.0)
+
+
+def test_a_run_without_omega_gets_it_from_the_joint_run_of_its_protocol_and_seed(tmp_path) -> None:
+    write_run(tmp_path, "joint-s0", "joint", 0, [80.0, 80.0, 75.0, 50.0])
+    write_run(tmp_path, "joint-s1", "joint", 1, [90.0, 90.0, 90.0, 90.0])
+    write_run(tmp_path, "abd-s0", "abd", 0, [80.0, 60.0, 45.0, 40.0])  # adopted from elsewhere: no Omega
+    write_run(tmp_path, "lwf-s0", "lwf", 0, [80.0, 40.0, 30.0, 20.0], omega=12.5)  # its own: kept
+    write_run(tmp_path / "half", "abd-s0", "abd", 0, [70.0, 60.0, 50.0, 45.0, 40.0, 35.0], base=50, num_tasks=6,
+              subset=None)  # another protocol: no joint run of its own
+    records = find_runs([tmp_path])
+    notes = omega_from_joint(records)
+    by_path = {str(r.path.relative_to(tmp_path)): r for r in records}
+    # 100 * mean(80/80, 60/80, 45/75, 40/50) = 100 * (1 + 0.75 + 0.6 + 0.8) / 4 = 78.75
+    assert by_path["abd-s0"].metrics["omega"] == pytest.approx(78.75)
+    assert by_path["abd-s0"].metrics["omega_from"] == str(tmp_path / "joint-s0")
+    assert by_path["lwf-s0"].metrics["omega"] == 12.5 and "omega_from" not in by_path["lwf-s0"].metrics
+    assert "omega" not in by_path["half/abd-s0"].metrics and "omega" not in by_path["joint-s0"].metrics
+    assert notes == [f"{tmp_path / 'abd-s0'}: Omega computed by the report from the joint run {tmp_path / 'joint-s0'} "
+                     "(the run trained without an upper bound)"]
+    assert group_runs(records)[0].stats["omega"].mean == pytest.approx(78.75)
+    # a joint run of the same seed but another class order does not give Omega
+    other = find_runs([tmp_path])
+    for record in other:
+        if record.name == "joint-s0":
+            record.metrics["class_order"] = list(reversed(record.metrics["class_order"]))
+    assert omega_from_joint(other) == []
 
 
 def test_tables(built) -> None:

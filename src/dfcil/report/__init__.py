@@ -7,7 +7,7 @@ averages each method's seeds per protocol and writes ``report/index.html`` with
 
 from __future__ import annotations
 
-from dfcil.report.aggregate import group_runs, summarise
+from dfcil.report.aggregate import group_runs, omega_from_joint, summarise
 from dfcil.report.build import build_report, make_plots
 from dfcil.report.html import write_html
 from dfcil.report.labels import protocol_label, protocol_labels, row_label, run_seed
@@ -25,6 +25,7 @@ __all__ = [
     "find_runs",
     "format_cell",
     "group_runs",
+    "omega_from_joint",
     "load_run",
     "make_plots",
     "protocol_label",

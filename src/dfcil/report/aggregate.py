@@ -7,7 +7,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 
-from dfcil.report.labels import natural_key, protocol_labels, row_label, run_seed
+from dfcil import metrics as run_metrics
+from dfcil.report.labels import method_name, natural_key, protocol_labels, row_label, run_seed
 from dfcil.report.model import METRICS, Group, Stat
 from dfcil.report.runs import RunRecord
 
@@ -44,6 +45,36 @@ def exclude_superseded(records: Sequence[RunRecord]) -> None:
             if record.source_rank != first:
                 record.excluded = (f"superseded by {kept[0].path} (same {method}, {protocol}, seed {seed}, "
                                    "under a path given earlier to the report)")
+
+
+def omega_from_joint(records: Sequence[RunRecord]) -> list[str]:
+    """Give Omega to every used run that has none (it trained without an upper bound, e.g. a run
+    adopted from another suite) from a joint run among ``records`` of the same protocol column
+    and seed, with the same class order and number of tasks: ``metrics.omega`` of the run's
+    accuracy after each task against the joint run's, as the engine computes it. The run's
+    metrics gain ``omega``, ``upper_bound_accuracy_per_step`` and ``omega_from`` (the joint
+    run's path). Returns one note per run given Omega (for the report's warnings)."""
+    columns = protocol_labels(records)
+    used = [r for r in records if r.excluded is None]
+    joints = [r for r in used if method_name(r) == "joint" and isinstance(r.metrics.get("accuracy_per_step"), list)]
+    notes = []
+    for record in used:
+        per_step = record.metrics.get("accuracy_per_step")
+        if method_name(record) == "joint" or "omega" in record.metrics or not isinstance(per_step, list):
+            continue
+        partner = next((j for j in joints if columns[str(j.path)] == columns[str(record.path)]
+                        and str(run_seed(j)) == str(run_seed(record))
+                        and j.metrics.get("class_order") == record.metrics.get("class_order")
+                        and len(j.metrics["accuracy_per_step"]) == len(per_step)), None)
+        if partner is None:
+            continue
+        bound = [float(a) for a in partner.metrics["accuracy_per_step"]]
+        record.metrics["omega"] = run_metrics.omega([float(a) for a in per_step], bound)
+        record.metrics["upper_bound_accuracy_per_step"] = bound
+        record.metrics["omega_from"] = str(partner.path)
+        notes.append(f"{record.path}: Omega computed by the report from the joint run {partner.path} "
+                     "(the run trained without an upper bound)")
+    return notes
 
 
 def group_runs(records: Sequence[RunRecord]) -> list[Group]:

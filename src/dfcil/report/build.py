@@ -8,7 +8,7 @@ from pathlib import Path
 from dfcil.atomic import write_json
 from dfcil.errors import DataError
 from dfcil.report import plots
-from dfcil.report.aggregate import duplicate_seed_warnings, exclude_superseded, group_runs, protocols
+from dfcil.report.aggregate import duplicate_seed_warnings, exclude_superseded, group_runs, omega_from_joint, protocols
 from dfcil.report.domain_gap import (
     TSNE_MISSING,
     DomainGaps,
@@ -134,7 +134,9 @@ def build_report(paths: list[Path], out_dir: Path, published: Path | None = None
 
     Writes ``report.md``, ``report.csv``, ``report.json``, ``plots/*.png`` and ``index.html``.
     Incomplete runs are listed but left out of the means, and so are runs superseded by a run
-    of the same method, protocol and seed under a path given earlier.  Raises ``DataError`` when no run
+    of the same method, protocol and seed under a path given earlier.  A run without Omega (trained
+    without an upper bound) gets it from the joint run of its protocol and seed among the runs, if
+    there is one (:func:`omega_from_joint`, named in the warnings).  Raises ``DataError`` when no run
     directory is found or a file is damaged. ``jobs``: t-SNE maps computed at once (see
     :func:`make_plots`); the report is the same for any value.
     """
@@ -146,12 +148,13 @@ def build_report(paths: list[Path], out_dir: Path, published: Path | None = None
     if not records:
         raise DataError(f"no run directory (metrics.json + config.yaml) under {', '.join(map(str, paths))}")
     exclude_superseded(records)
+    omega_notes = omega_from_joint(records)
     groups = group_runs(records)
     report = Report(
         groups=groups,
         runs=records,
         excluded=[r for r in records if r.excluded is not None],
-        warnings=duplicate_seed_warnings(groups),
+        warnings=duplicate_seed_warnings(groups) + omega_notes,
         run_slugs=unique_slugs(records),
     )
     if reproducibility is not None and published is None:
