@@ -67,9 +67,10 @@ FACTORS: list[tuple[str, str, list[tuple[str, str]]]] = [
      [("abd", "abd-gen-300"), ("rdfcil, refine 5 ep. x 0.005", "rdfcil-gen-300"),
       ("rdfcil, refine 5 ep. x 0.04", "rdfcil-gen-300-refine-lr-0.04"),
       ("rdfcil, refine 40 ep. x 0.005", "rdfcil-gen-300-refine-40")]),
-    ("Generator budget", "generator steps per task: today's 300 against the papers' 5,000",
-     [("abd, 300 steps", "abd-gen-300"), ("abd, 5,000 steps", "abd-gen-5000"),
-      ("rdfcil, 300 steps", "rdfcil-gen-300"), ("rdfcil, 5,000 steps", "rdfcil-gen-5000")]),
+    ("Generator budget", "generator steps per task: today's 300, 1,000, and the papers' 5,000",
+     [("abd, 300 steps", "abd-gen-300"), ("abd, 1,000 steps", "abd-gen-1000"), ("abd, 5,000 steps", "abd-gen-5000"),
+      ("rdfcil, 300 steps", "rdfcil-gen-300"), ("rdfcil, 1,000 steps", "rdfcil-gen-1000"),
+      ("rdfcil, 5,000 steps", "rdfcil-gen-5000")]),
     ("Replay oracle", "the best synthetic images there can be: each method's synthetic batches replaced by real "
      "training images of the old classes (`benchmarks/replay_oracle.py`: no generator, unaugmented, labelled "
      "by the old model's argmax as synthetic images are; not data-free, a diagnostic). The confidence column "
@@ -240,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                   key=lambda run: run["name"])
     sources = ["## Runs", "",
                "Each complete run of `DFCIL_DATA=../shared/data dfcil suite suites/mini_budget.yaml -o RUNS "
-               "--jobs 1 --only PATTERN` (seed 0: `'*seed-0*gen-300*'`; seeds 1 and 2: "
-               "`'seed-[12]__budget-*-gen-300'`) and of `DFCIL_DATA=../shared/data python "
+               "--jobs 1 --only PATTERN` (seed 0: `'*seed-0*gen-300*'`, then `'seed-0__budget-*-gen-1000'`; seeds 1 "
+               "and 2: `'seed-[12]__budget-*-gen-300'`) and of `DFCIL_DATA=../shared/data python "
                "benchmarks/replay_oracle.py abd rdfcil -o ORACLE_RUNS --set runtime.num_threads=1` is copied here "
                "without checkpoints (its config, log, metrics and run.json or oracle.json), and this file is "
                "written by `python benchmarks/budget_curves.py RUNS ORACLE_RUNS`. "

@@ -299,7 +299,7 @@ def test_shipped_suites_are_valid():
     assert len(mini.runs) == 14 * 3  # 13 methods + MFGR's own LwF baseline (mfgr-lwf)
     skd = load_suite(REPO / "suites" / "mini_skd.yaml")  # bn_eps 1.0e-5 reaches the run as a number
     assert len(skd.runs) == 10 * 3
-    assert len(load_suite(REPO / "suites" / "mini_budget.yaml").runs) == 6 * 3
+    assert len(load_suite(REPO / "suites" / "mini_budget.yaml").runs) == 8 * 3
     for table, protocols in (("rdfcil_table1", ("N5", "N10", "N20")), ("rdfcil_table2", ("N6", "N11", "N26"))):
         suite = load_suite(REPO / "suites" / f"{table}.yaml")
         assert len(suite.runs) == 3 * 6 * 3
