@@ -27,17 +27,17 @@ MAS without exemplars). lambda = 1, the paper's code's value (and FACIL's defaul
 
 **The stability cap.** The penalty is a quadratic of curvature ``2 lambda Omega_i`` per parameter,
 stepped explicitly by SGD, which is stable only while ``lr 2 lambda Omega_i < 2 (1 + momentum)``
-(:mod:`dfcil.methods.anchored`). The authors' lambda 1 came with SGD lr
-0.0008 and momentum 0.9 (their ``MAS.py``), which puts that bound at Omega 2,375; at lr 0.1 with
-momentum 0.9 (every protocol of this project) it is 19. On mini the accumulated Omega after task 2
-exceeded it on 208 of 464,144 parameters (max 67.4; all but a few are the second BatchNorm bias of a
-residual block, which in the ``rdfcil`` network shifts the features linearly up to the logits), and
-task 3 diverged in its first epoch (an inf loss; run ``method-mas__seed-0`` of ``suites/mini.yaml``
-at commit ba5908d). ``importance_max: stable`` (the default) caps the accumulated Omega at half that
-bound (9.5 on mini: 313 parameters, 0.07 %, of that run's model); a capped parameter is still held
-with at least 14 % (9.5 / 67.4) of its estimated stiffness, and every other parameter is unchanged.
-A number caps there; null keeps the estimate as it is (for a small lr; with Adam, whose step is
-normalised, ``stable`` applies no cap).
+(:mod:`dfcil.methods.anchored`). The authors' lambda 1 came with SGD lr 0.0008 and momentum 0.9
+(their ``MAS.py``), which puts that bound at Omega 2,375; at lr 0.1 with momentum 0.9 (every
+protocol of this project) it is 19. On mini the accumulated Omega after task 2 exceeded it on 208 of
+464,144 parameters (max 67.4; all but a few are the second BatchNorm bias of a residual block, which
+in the ``rdfcil`` network shifts the features linearly up to the logits), and task 3 diverged in its
+first epoch (an inf loss; run ``method-mas__seed-0`` of ``suites/mini.yaml`` at commit ba5908d).
+``importance_max: stable`` (the default) caps the accumulated Omega at half that bound (9.5 on mini:
+313 parameters, 0.07 %, of that run's model); a capped parameter is still held with at least 14 %
+(9.5 / 67.4) of its estimated stiffness, and every other parameter is unchanged. A number caps
+there; null keeps the estimate as it is (for a small lr; with Adam, whose step is normalised,
+``stable`` applies no cap).
 
 The first task is plain CE, but the importance estimated at its end is read in the second task:
 a run cannot start from another method's first task (``plain_first_task`` is false).
