@@ -485,11 +485,25 @@ def test_reproducibility_verdicts_and_table(tmp_path):
     # a method without published figures still gets its half-base mini line, with that config
     skd = text[text.index("## skd"):]
     assert "Mini protocol (`configs/mini_b10.yaml`, cifar100 B10 N=3 (20 classes)" in skd and "A_N 30.55" in skd
+    # a variant of a registered method with a published figure gets its own section and command
+    variant = Published("mfgr-lwf", "cifar100 B0 N=5", "configs/cifar100/mfgr_b0_n5.yaml", "last_accuracy", 44.96,
+                        "MFGR Table 2", overrides=("method.name=mfgr", "method.generative_replay=false"))
+    lwf_mini = Group("cifar100 B0 N=4 (20 classes)", "mfgr-lwf", [], {"last_accuracy": Stat(36.9, 0.0, 1, (0,))})
+    text = render_reproducibility([ours, mini, ablation, lwf_mini], [entry, variant], "dfcil report x")
+    section = text[text.index("## mfgr-lwf"):]
+    assert ("| cifar100 B0 N=5 | A_N | 44.96 | MFGR Table 2 | - | not run | `dfcil run configs/cifar100/mfgr_b0_n5.yaml "
+            "--set method.name=mfgr --set method.generative_replay=false` |") in section
+    assert "A_N 36.90 (1 seed)" in section and "| mfgr-lwf |" not in text  # not among the variants
+    assert "| rdfcil-no-rkd |" in text
     shipped = load_published(Path(__file__).resolve().parents[1] / "benchmarks" / "published.yaml")
     assert {p.method for p in shipped} >= {"rdfcil", "abd", "lwf", "finetune", "deepinversion", "mfgr", "skd", "joint"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("- {method: x, protocol: p, config: c, metric: accuracy, value: 1, source: s}\n")
     with pytest.raises(DataError, match="unknown metric"):
+        load_published(bad)
+    bad.write_text("- {method: x-y, protocol: p, config: c, metric: last_accuracy, value: 1, source: s, "
+                   "overrides: [method.beta=2]}\n")
+    with pytest.raises(DataError, match="must name the registered method"):
         load_published(bad)
 
 

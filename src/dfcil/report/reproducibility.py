@@ -42,6 +42,22 @@ class Published:
     source: str
     std: float | None = None
     note: str | None = None
+    # a variant of a registered method (e.g. mfgr-lwf): the config overrides that make it, one of
+    # them ``method.name=<registered method>``; empty for a registered method itself
+    overrides: tuple[str, ...] = ()
+
+    def base_method(self) -> str:
+        """The registered method: ``method`` itself, or the one ``overrides`` name."""
+        for item in self.overrides:
+            key, _, value = item.partition("=")
+            if key.strip() == "method.name":
+                return value.strip()
+        return self.method
+
+    def command(self) -> str:
+        """The command of a run of this figure's protocol and method, for a row not yet run."""
+        sets = self.overrides or (f"method.name={self.method}",)
+        return f"`dfcil run {self.config} " + " ".join(f"--set {item}" for item in sets) + "`"
 
 
 def load_published(path: Path) -> list[Published]:
@@ -55,9 +71,12 @@ def load_published(path: Path) -> list[Published]:
     entries = []
     for index, item in enumerate(data):
         try:
-            entry = Published(**item)
-        except TypeError as error:
+            entry = Published(**{**item, "overrides": tuple(item.get("overrides") or ())})
+        except (TypeError, AttributeError) as error:
             raise DataError(f"{path}: entry {index + 1}: {error}") from None
+        if entry.overrides and entry.base_method() == entry.method:
+            raise DataError(f"{path}: entry {index + 1}: overrides must name the registered method "
+                            f"(method.name=...) that {entry.method} is a variant of")
         if entry.metric not in METRIC_NAMES:
             raise DataError(f"{path}: entry {index + 1}: unknown metric {entry.metric!r}")
         entries.append(entry)
@@ -153,10 +172,12 @@ def render_reproducibility(groups: list[Group], published: list[Published], gene
     from dfcil.methods import METHODS
 
     methods: list[str] = []
-    for name in [p.method for p in published] + [g.method for g in groups if g.protocol in MINI_PROTOCOLS]:
-        if name not in methods and name in METHODS:
+    for name in [p.method for p in published if p.base_method() in METHODS] + [
+            g.method for g in groups if g.protocol in MINI_PROTOCOLS and g.method in METHODS]:
+        if name not in methods:
             methods.append(name)
-    variants = [g for g in groups if g.protocol in MINI_PROTOCOLS and g.method not in METHODS]
+    # a variant with a published figure (e.g. mfgr-lwf) gets its own section above
+    variants = [g for g in groups if g.protocol in MINI_PROTOCOLS and g.method not in methods]
     lines = [
         "# Reproducibility",
         "",
@@ -182,7 +203,7 @@ def render_reproducibility(groups: list[Group], published: list[Published], gene
                 ours = None if group is None else group.stats.get(entry.metric)
                 published_cell = f"{entry.value:.2f}" + (f" ± {entry.std:.2f}" if entry.std else "")
                 why = f" ({entry.note})" if entry.note else ""
-                command = _command(group) if group else f"`dfcil run {entry.config} --set method.name={method}`"
+                command = _command(group) if group else entry.command()
                 lines.append(f"| {entry.protocol} | {METRIC_NAMES[entry.metric]} | {published_cell} | {entry.source} | "
                              f"{_cell(ours)} | {verdict(ours, entry)}{why} | {command} |")
             lines.append("")
