@@ -203,6 +203,14 @@ def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tm
     assert [name for name, _, _ in started] == ["method-joint__seed-1", "method-ft__seed-1"]
     assert f"runtime.upper_bound={out / 'method-joint__seed-1'}" in started[1][1]
     assert sorted(outcome["done"]) == ["method-ft__seed-1", "method-joint__seed-1"]
+    # both seeds' joint runs missing: trained first, in the grid's order
+    started.clear()
+    for run in suite.runs:
+        for name in ("metrics.json", "config.yaml"):
+            (out / run.name / name).unlink(missing_ok=True)
+    execute_suite(select_runs(suite, ["method-ft__*"]), out, jobs=1)
+    assert [name for name, _, _ in started] == ["method-joint__seed-0", "method-joint__seed-1",
+                                                "method-ft__seed-0", "method-ft__seed-1"]
     assert [r.name for r in select_runs(suite, ["*seed-0", "method-joint__*"]).runs] == [
         "method-ft__seed-0", "method-joint__seed-0", "method-joint__seed-1"]
     with pytest.raises(ConfigError, match="matches none of the suite's runs"):

@@ -146,12 +146,14 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
             pending.append(run)
     # a selected run (--only) whose partner joint run is neither complete nor training elsewhere:
     # that joint run is trained first, although the selection left it out (it gives the run's Omega)
-    for run in list(pending):
+    partners: list[SuiteRun] = []
+    for run in pending:
         partner = None if run.is_joint else _partner_joint(run, joints)
-        if (partner is not None and all(item.name != partner.name for item in pending)
+        if (partner is not None and all(item.name != partner.name for item in pending + partners)
                 and run_state(out / partner.name) not in ("complete", "running")):
-            pending.insert(0, partner)
+            partners.append(partner)
             logger.info("%s first: it gives the Omega of %s", partner.name, run.name)
+    pending[:0] = partners
     threads = threads_per_job(jobs)
     # runs that train the same first task share it: the first of a group to start trains it, the
     # others start from it once it is done (dfcil.first_task)
