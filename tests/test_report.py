@@ -505,6 +505,10 @@ def test_reproducibility_verdicts_and_table(tmp_path):
                    "overrides: [method.beta=2]}\n")
     with pytest.raises(DataError, match="must name the registered method"):
         load_published(bad)
+    bad.write_text("- {method: x-y, protocol: p, config: c, metric: last_accuracy, value: 1, source: s, "
+                   "overrides: method.name=mfgr}\n")
+    with pytest.raises(DataError, match="overrides, if any, are a list"):
+        load_published(bad)
 
 
 def test_suite_runs_name_their_suite_command_and_adoption(tmp_path):

@@ -70,9 +70,11 @@ def load_published(path: Path) -> list[Published]:
         raise DataError(f"{path}: expected a list of published figures")
     entries = []
     for index, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get("overrides", []), list):
+            raise DataError(f"{path}: entry {index + 1}: expected a mapping whose overrides, if any, are a list")
         try:
-            entry = Published(**{**item, "overrides": tuple(item.get("overrides") or ())})
-        except (TypeError, AttributeError) as error:
+            entry = Published(**{**item, "overrides": tuple(str(o) for o in item.get("overrides") or ())})
+        except TypeError as error:
             raise DataError(f"{path}: entry {index + 1}: {error}") from None
         if entry.overrides and entry.base_method() == entry.method:
             raise DataError(f"{path}: entry {index + 1}: overrides must name the registered method "
