@@ -29,20 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dfcil.config import load_yaml_tree  # noqa: E402
+from dfcil.errors import DfcilError  # noqa: E402
 from dfcil.methods.dgr import DGRGeneratorOptions, generator_loss, learning_rate  # noqa: E402
 from dfcil.synthesis.vae import VAE  # noqa: E402
 
 
 def first_task_images(config: Path) -> torch.Tensor:
     """The first task's training images of ``config``'s protocol, NCHW float in [0, 1]."""
-    from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
     from dfcil.experiment import parse_experiment
 
-    experiment = parse_experiment(load_yaml_tree(config))
-    parsed = experiment.config
-    dataset = load_dataset(parsed.data.dataset, resolve_data_root(parsed.data.root), default_cache_dir(),
-                           image_size=parsed.data.image_size, progress=False)
-    scenario = experiment.scenario_for(dataset.num_classes)
+    dataset, scenario = parse_experiment(load_yaml_tree(config)).load_data()
     positions = scenario.remap(dataset.train.labels)
     first = scenario.tasks[0]
     index = np.flatnonzero((positions >= first.start) & (positions < first.stop))
@@ -58,9 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1:
+        print("dgr_vae_budget: error: --steps and --batch-size must be >= 1", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     defaults = DGRGeneratorOptions()
-    images = first_task_images(args.config)
+    try:
+        images = first_task_images(args.config)
+    except (DfcilError, OSError) as error:  # a bad config or missing data: one line, exit 2
+        print(f"dgr_vae_budget: error: {error}", file=sys.stderr)
+        return 2
     mean_image = images.mean(0, keepdim=True).clamp(1e-4, 1 - 1e-4)
     floor = float(F.binary_cross_entropy(mean_image.expand_as(images), images))
     print(f"{len(images)} images; BCE of the per-pixel mean image: {floor:.4f}", flush=True)

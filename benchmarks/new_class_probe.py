@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from dfcil.atomic import write_text  # noqa: E402
 from dfcil.config import load_yaml_tree  # noqa: E402
 from dfcil.engine.gap_features import penultimate_features  # noqa: E402
+from dfcil.errors import DfcilError  # noqa: E402
 from dfcil.rundir import RunDir  # noqa: E402
 
 
@@ -57,16 +58,13 @@ def probe_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray
 
 def probe_run(run: Path, tasks: list[int] | None) -> list[dict[str, Any]]:
     """One row per task: the probe's and the head's accuracy on the task's own classes."""
-    from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
     from dfcil.experiment import parse_experiment
     from dfcil.models import build_classifier
 
     files = RunDir(run)
     experiment = parse_experiment(load_yaml_tree(files.config))
     parsed = experiment.config
-    dataset = load_dataset(parsed.data.dataset, resolve_data_root(parsed.data.root), default_cache_dir(),
-                           image_size=parsed.data.image_size, progress=False)
-    scenario = experiment.scenario_for(dataset.num_classes)
+    dataset, scenario = experiment.load_data()
     train_positions = scenario.remap(dataset.train.labels)
     test_positions = scenario.remap(dataset.test.labels)
     rows = []
@@ -105,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         if not RunDir(run).config.exists():
             print(f"new_class_probe: error: {run} is not a run directory (no config.yaml)", file=sys.stderr)
             return 2
-        for row in probe_run(run, args.tasks):
+        try:
+            rows = probe_run(run, args.tasks)
+        except DfcilError as error:  # a bad config or missing data: one line, exit 2
+            print(f"new_class_probe: error: {run}: {error}", file=sys.stderr)
+            return 2
+        for row in rows:
             lines.append(f"| {row['run']} | {row['task']} | {row['classes']} | {row['probe']:.1f} | "
                          f"{row['head_local']:.1f} | {row['head_all']:.1f} |")
             print(lines[-1], flush=True)

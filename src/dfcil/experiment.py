@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dfcil.config import Config, RuntimeConfig, load_config, parse_config
 from dfcil.data.registry import class_count
 from dfcil.methods import Method, RunEnv, resolve_method
 from dfcil.scenario import Scenario, build_scenario, check_split
+
+if TYPE_CHECKING:
+    from dfcil.data import DatasetArrays
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,16 @@ class Experiment:
         if self.scenario is not None and num_classes == self.dataset_classes:
             return self.scenario
         return build_scenario(self.config.scenario, num_classes)
+
+    def load_data(self) -> tuple[DatasetArrays, Scenario]:
+        """The config's dataset as it is on disk (never downloaded, no progress bar) and the
+        scenario over it: for tools that read a finished run's data (reports, benchmarks)."""
+        from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
+
+        data = self.config.data
+        dataset = load_dataset(data.dataset, resolve_data_root(data.root), default_cache_dir(),
+                               image_size=data.image_size, progress=False)
+        return dataset, self.scenario_for(dataset.num_classes)
 
     def first_task_classes(self) -> list[int] | None:
         """The original classes of the first task in class order (None: scenario not resolved yet)."""

@@ -187,19 +187,15 @@ class _Recomputer:
         if self._failure is not None:
             raise self._failure
         if self._loaded is None:
-            from dfcil.data import default_cache_dir, load_dataset, resolve_data_root
             from dfcil.experiment import parse_experiment
 
             try:
                 experiment = parse_experiment(self.config)
-                parsed = experiment.config
-                dataset = load_dataset(parsed.data.dataset, resolve_data_root(parsed.data.root), default_cache_dir(),
-                                       image_size=parsed.data.image_size, progress=False)
+                dataset, scenario = experiment.load_data()
             except DfcilError as error:
                 self._failure = DataError(f"the dataset to recompute them cannot be loaded: {_one_line(error)}")
                 raise self._failure from None
-            scenario = experiment.scenario_for(dataset.num_classes)
-            self._loaded = (parsed, dataset, scenario, scenario.remap(dataset.test.labels))
+            self._loaded = (experiment.config, dataset, scenario, scenario.remap(dataset.test.labels))
         return self._loaded
 
     def features(self, task: int) -> GapFeatures:
