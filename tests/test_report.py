@@ -559,6 +559,43 @@ def test_a_run_found_twice_counts_once(tmp_path):
     assert [r.path.name for r in lwf.runs] == ["method-lwf__seed-0", "lwf-s1"] and lwf.stats["last_accuracy"].n == 2
 
 
+def test_a_run_two_suites_adopted_groups_with_the_suite_given_first(tmp_path):
+    """The mini-rev2 suite adopted abd's seed-0 run from the budget suite: given first, the report
+    keeps mini-rev2's copy (row "abd"), not the budget suite's (row "abd (budget=...)"), whatever
+    the two paths' alphabetical order."""
+    import shutil
+
+    budget = write_run(tmp_path / "a-budget", "seed-0__budget-abd-gen-300", "abd", 0, [80.0, 60.0, 50.0, 45.0],
+                       suite={"suite": "mini_budget", "labels": {"seed": "0", "budget": "abd-gen-300"}})
+    adopted = tmp_path / "z-rev2" / "method-abd__seed-0"
+    shutil.copytree(budget, adopted)
+    (adopted / "suite.json").write_text(json.dumps({"suite": "mini", "labels": {"method": "abd", "seed": "0"},
+                                                    "adopted_from": str(budget)}))
+    for order in ([tmp_path / "z-rev2", tmp_path / "a-budget"], [tmp_path / "a-budget", tmp_path / "z-rev2"]):
+        records = {r.path.name: r for r in find_runs(order)}
+        kept = "method-abd__seed-0" if order[0].name == "z-rev2" else "seed-0__budget-abd-gen-300"
+        dropped = "seed-0__budget-abd-gen-300" if kept == "method-abd__seed-0" else "method-abd__seed-0"
+        assert records[kept].excluded is None
+        assert records[dropped].excluded == f"a copy of the same run as {records[kept].path}"
+        (group,) = group_runs(list(records.values()))
+        assert group.method == ("abd" if kept == "method-abd__seed-0" else "abd (budget=abd-gen-300)")
+
+
+def test_a_replay_oracle_run_never_shares_the_methods_row(tmp_path):
+    """benchmarks/replay_oracle.py's runs (oracle.json beside the metrics) train abd on real old
+    images: the report gives them a row of their own instead of averaging them into abd's."""
+    write_run(tmp_path, "abd-s0", "abd", 0, [80.0, 60.0, 50.0, 45.0])
+    oracle = write_run(tmp_path, "seed-0__oracle-abd", "abd", 0, [80.0, 70.0, 60.0, 53.0])
+    (oracle / "oracle.json").write_text(json.dumps({"replaced": "the synthesizer"}))
+    records = find_runs([tmp_path])
+    assert {r.path.name: r.diagnostic for r in records} == {"abd-s0": None,
+                                                            "seed-0__oracle-abd": "replay oracle: real old images"}
+    groups = {g.method: g for g in group_runs(records)}
+    assert set(groups) == {"abd", "abd (replay oracle: real old images)"}
+    assert groups["abd"].stats["last_accuracy"].mean == 45.0
+    assert groups["abd (replay oracle: real old images)"].stats["last_accuracy"].mean == 53.0
+
+
 def test_a_path_given_first_supersedes_same_seed_runs_of_later_paths(tmp_path):
     """A suite's fp32 seed-0 run replaces an older seed-0 run of the same method (given after it),
     instead of being averaged with it; methods only the older folder has still come from it."""

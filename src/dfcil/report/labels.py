@@ -70,6 +70,8 @@ def row_label(record: RunRecord) -> str:
     ``<method>-<tag>`` (``rdfcil-no-rkd-s0`` -> ``"rdfcil-no-rkd"``).  Suite axes other than
     method, seed, protocol and the scenario / data keys (which the protocol label shows) are
     appended, e.g. ``"rdfcil (method.refine_epochs=5)"``, so distinct variants never share a row.
+    A diagnostic run (:data:`dfcil.report.runs.DIAGNOSTIC_FILES`) adds its note, e.g.
+    ``"abd (replay oracle: real old images)"``: it never averages with the method's own runs.
     """
     labels = record.suite_labels or {}
     if "method" in labels:
@@ -80,6 +82,8 @@ def row_label(record: RunRecord) -> str:
         label = f"{method}-{match.group(1)}" if match else method
     extra = [f"{axis}={value}" for axis, value in labels.items()
              if axis not in ROW_AXES_SHOWN_ELSEWHERE and not axis.startswith(("scenario.", "data."))]
+    if record.diagnostic:
+        extra.append(record.diagnostic)
     return f"{label} ({', '.join(extra)})" if extra else label
 
 

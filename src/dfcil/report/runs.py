@@ -26,6 +26,10 @@ from dfcil.yamlio import safe_load
 
 # keys a complete run's metrics.json must hold as numbers for the report to use it
 REQUIRED_NUMBERS = ("last_accuracy", "average_incremental_accuracy")
+# files that mark a run directory as a diagnostic rather than the method as published, and the
+# row label's note for it: the replay oracle (benchmarks/replay_oracle.py) trains a data-free method
+# on real old-class images in place of its synthetic ones, so it must never share the method's row
+DIAGNOSTIC_FILES = {"oracle.json": "replay oracle: real old images"}
 
 
 @dataclass
@@ -46,6 +50,7 @@ class RunRecord:
     adopted_from: str | None = None  # the run directory a suite copied this run from
     excluded: str | None = None
     source_rank: int = 0  # index of the first path given to the report that holds this run
+    diagnostic: str | None = None  # what a diagnostic run (not the method as published) changed
     synthesis_grids: list[tuple[int, Path]] = field(default_factory=list)
 
     @property
@@ -155,6 +160,7 @@ def load_run(run_dir: Path) -> RunRecord:
         adopted_from=adopted_from,
         excluded=_exclusion(metrics, metrics_file),
         synthesis_grids=_synthesis_grids(run_dir),
+        diagnostic=next((note for file, note in DIAGNOSTIC_FILES.items() if (run_dir / file).is_file()), None),
     )
 
 
@@ -243,7 +249,9 @@ def _run_identity(record: RunRecord) -> tuple[str, ...] | None:
 def exclude_copies(records: list[RunRecord]) -> list[RunRecord]:
     """Exclude all but one directory of each run found more than once (e.g. a run a suite
     adopted, given to the report beside its original), so that no run counts twice. The copy
-    kept is one with suite labels (it groups with its suite), else the first by path."""
+    kept is one with suite labels (it groups with its suite); among several, the one under the
+    path given first to the report (a run two suites adopted groups with the suite given first);
+    then the first by path."""
     by_identity: dict[tuple[str, ...], list[RunRecord]] = {}
     for record in records:
         identity = _run_identity(record)
@@ -252,7 +260,7 @@ def exclude_copies(records: list[RunRecord]) -> list[RunRecord]:
     for copies in by_identity.values():
         if len(copies) < 2:
             continue
-        keep = next((r for r in copies if r.suite_labels), copies[0])
+        keep = min(copies, key=lambda r: (not r.suite_labels, r.source_rank, str(r.path)))
         for record in copies:
             if record is not keep and record.excluded is None:
                 record.excluded = f"a copy of the same run as {keep.path}"
