@@ -586,8 +586,13 @@ def test_a_replay_oracle_run_never_shares_the_methods_row(tmp_path):
     images: the report gives them a row of their own instead of averaging them into abd's."""
     write_run(tmp_path, "abd-s0", "abd", 0, [80.0, 60.0, 50.0, 45.0])
     oracle = write_run(tmp_path, "seed-0__oracle-abd", "abd", 0, [80.0, 70.0, 60.0, 53.0])
-    (oracle / "oracle.json").write_text(json.dumps({"replaced": "the synthesizer"}))
+    (oracle / "run.json").unlink()  # the oracle writes oracle.json, its provenance, instead
+    (oracle / "oracle.json").write_text(json.dumps({"replaced": "the synthesizer", "commit": "0902b46",
+                                                    "command": "python benchmarks/replay_oracle.py abd"}))
     records = find_runs([tmp_path])
+    from dfcil.report.labels import commit_label
+
+    assert [commit_label(r) for r in records if r.diagnostic] == ["0902b46"]
     assert {r.path.name: r.diagnostic for r in records} == {"abd-s0": None,
                                                             "seed-0__oracle-abd": "replay oracle: real old images"}
     groups = {g.method: g for g in group_runs(records)}

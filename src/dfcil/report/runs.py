@@ -139,6 +139,12 @@ def load_run(run_dir: Path) -> RunRecord:
     run_info = None
     if (run_dir / RUN_FILE).is_file():
         run_info = _mapping(read_json(run_dir / RUN_FILE), run_dir / RUN_FILE)
+    diagnostic_file = next((run_dir / file for file in DIAGNOSTIC_FILES if (run_dir / file).is_file()), None)
+    if run_info is None and diagnostic_file is not None:
+        # a diagnostic's own provenance (command, commit, machine, start) stands in for run.json
+        provenance = _mapping(read_json(diagnostic_file), diagnostic_file)
+        run_info = {"sessions": [{key: provenance[key] for key in ("started", "command", "commit", "machine")
+                                  if key in provenance}]}
     suite_labels, suite_name, suite_file, adopted_from = None, None, None, None
     if (run_dir / SUITE_FILE).is_file():
         suite = _mapping(read_json(run_dir / SUITE_FILE), run_dir / SUITE_FILE)
@@ -160,7 +166,7 @@ def load_run(run_dir: Path) -> RunRecord:
         adopted_from=adopted_from,
         excluded=_exclusion(metrics, metrics_file),
         synthesis_grids=_synthesis_grids(run_dir),
-        diagnostic=next((note for file, note in DIAGNOSTIC_FILES.items() if (run_dir / file).is_file()), None),
+        diagnostic=None if diagnostic_file is None else DIAGNOSTIC_FILES[diagnostic_file.name],
     )
 
 
