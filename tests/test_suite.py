@@ -401,3 +401,44 @@ def test_runs_of_one_first_task_wait_for_it_and_start_from_it(tmp_path, tiny_tre
     assert execute_suite(selection, out, jobs=1, grid=suite)["done"] == ["seed-0__method-lwf"]
     command = started[0][1]
     assert command[command.index("--first-task-from") + 1] == str(out / "seed-0__method-ft")
+
+
+def test_a_suite_starts_from_a_first_task_outside_it_only_when_identical(tmp_path, tiny_tree, monkeypatch, capsys):
+    """--first-task-from DIR: a new run starts from the completed first task of a run elsewhere
+    (another suite's) whose recorded identity is its own; a run of another seed trains its own."""
+    from dfcil.cli import main
+    from dfcil.first_task import CHECKPOINT, RECORD
+    from dfcil.suite.execute import first_task_donors
+
+    suite = load_suite(_write_suite(tmp_path, tiny_tree, "  seed: [0, 1]\n  method:\n    lwf: {method.name: lwf}\n"))
+    donors = tmp_path / "other-suite"
+    for name, key in (("joint-s0", suite.runs[0].first_task_key()), ("no-first-task", None),
+                      ("unreadable", "not json")):
+        (donors / name / "checkpoints").mkdir(parents=True)
+        if key is None:
+            continue
+        (donors / name / CHECKPOINT).write_bytes(b"")
+        identity = key if key == "not json" else json.dumps({"identity": json.loads(key)})
+        (donors / name / RECORD).write_text(identity)
+    assert first_task_donors([donors]) == {suite.runs[0].first_task_key(): donors / "joint-s0"}
+    assert first_task_donors([donors / "joint-s0"]) == first_task_donors([donors])  # a run directory itself
+    started: list[list[str]] = []
+
+    class FakeProcess:
+        def __init__(self, command, stdout=None, stderr=None):
+            started.append(command)
+            self.run_dir = Path(command[command.index("-o") + 1])
+
+        def poll(self):
+            (self.run_dir / "metrics.json").write_text(json.dumps({"complete": True}))
+            return 0
+
+    monkeypatch.setattr(dfcil.suite.execute.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(dfcil.suite.execute.time, "sleep", lambda seconds: None)
+    assert execute_suite(suite, tmp_path / "out", jobs=1, first_task_from=[donors])["done"] == [
+        "seed-0__method-lwf", "seed-1__method-lwf"]
+    seed0, seed1 = started
+    assert seed0[seed0.index("--first-task-from") + 1] == str(donors / "joint-s0")
+    assert "--first-task-from" not in seed1
+    assert main(["suite", str(suite.path), "-o", str(tmp_path / "x"), "--first-task-from", str(tmp_path / "none")]) == 2
+    assert "--first-task-from: " in capsys.readouterr().err

@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     suite.add_argument("--adopt", type=Path, action="append", default=[], metavar="DIR",
                        help="copy complete runs under DIR whose config equals a suite run's instead of "
                             "running them (repeatable)")
+    suite.add_argument("--first-task-from", type=Path, action="append", default=[], metavar="DIR",
+                       help="run directories, or folders of them, whose completed first task a new run may start "
+                            "from when it would train the identical one (checked; repeatable), e.g. another "
+                            "suite's runs of the same seed")
 
     report = commands.add_parser("report", help="tables (md/csv/json), plots and an HTML page from run directories")
     report.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories or folders holding them; where two hold a run of the same method, "
@@ -160,7 +164,8 @@ def _suite(args: argparse.Namespace) -> int:
     if args.adopt and not args.dry_run:
         for name, source in adopt_runs(suite, out, args.adopt):
             logging.getLogger("dfcil.suite").info("adopted %s from %s", name, source)
-    outcome = execute_suite(suite, out, jobs=args.jobs, dry_run=args.dry_run, grid=grid)
+    outcome = execute_suite(suite, out, jobs=args.jobs, dry_run=args.dry_run, grid=grid,
+                            first_task_from=args.first_task_from)
     print(json.dumps({"suite": suite.name, "runs": len(suite.runs), "output": str(out),
                       **{key: len(names) for key, names in outcome.items()}, "failed_runs": outcome["failed"]}))
     return 1 if outcome["failed"] else 0

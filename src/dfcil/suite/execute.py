@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -14,8 +15,8 @@ from typing import Any
 
 from dfcil.atomic import write_json
 from dfcil.config import fingerprint, load_config
-from dfcil.errors import ConfigError
-from dfcil.first_task import has_first_task
+from dfcil.errors import ConfigError, RunDirError
+from dfcil.first_task import has_first_task, recorded_identity
 from dfcil.rundir import CHECKPOINTS_DIR, SUITE_FILE, RunDir, run_state
 from dfcil.suite.grid import Suite, SuiteRun
 
@@ -113,13 +114,37 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int | None:
     return max(1, (cores or os.cpu_count() or 1) // jobs)
 
 
+def first_task_donors(sources: list[Path]) -> dict[str, Path]:
+    """First-task key (:meth:`SuiteRun.first_task_key`) -> a run directory with that completed
+    first task, over ``sources``: run directories, or folders whose sub-directories are runs (the
+    first found wins). The key is the identity the donor recorded with its first task
+    (:mod:`dfcil.first_task`), so only a run that would train the identical first task uses it."""
+    found: dict[str, Path] = {}
+    for source in sources:
+        if not source.is_dir():
+            raise ConfigError(f"--first-task-from: {source} is not a directory")
+        candidates = [source] if has_first_task(source) else sorted(p for p in source.iterdir() if p.is_dir())
+        for run_dir in candidates:
+            if not has_first_task(run_dir):
+                continue
+            try:
+                identity = recorded_identity(run_dir)
+            except RunDirError:
+                continue  # an unreadable record: that run trains its own first task
+            found.setdefault(json.dumps(identity, sort_keys=True), run_dir)
+    return found
+
+
 def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
-                  grid: Suite | None = None) -> dict[str, list[str]]:
+                  grid: Suite | None = None, first_task_from: list[Path] | None = None) -> dict[str, list[str]]:
     """Run every run of ``suite`` not yet complete; return the names by outcome
     (``skipped``, ``done``, ``failed``, ``running_elsewhere``: runs another process was training,
     e.g. a second suite over the same output, left to it). Console output of each run: ``<out>/logs/<name>.log``.
     ``grid``: the whole suite when ``suite`` is a selection of it (``--only``): a selected run
     starts from the completed first task of any run of the grid under ``out`` that shares it.
+    ``first_task_from``: run directories (or folders of them) outside the suite whose completed
+    first tasks a new run may start from when none of the suite's own has it yet
+    (:func:`first_task_donors`), e.g. another suite's runs of the same seed and split.
 
     Joint runs start first; any other run starts as soon as a job slot is free and its partner
     joint run (the one that gives its Omega) has ended, so no slot idles while a joint runs. A
@@ -127,6 +152,7 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
     trained too, first, even when the selection leaves it out: without it the run has no Omega."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    outside_donors = first_task_donors(list(first_task_from or []))
     outcome: dict[str, list[str]] = {"skipped": [], "done": [], "failed": [], "running_elsewhere": []}
     joints = suite.joint_runs
     pending = []
@@ -169,7 +195,7 @@ def execute_suite(suite: Suite, out: Path, jobs: int = 1, dry_run: bool = False,
         if run_state(out / run.name) != "new":
             return None
         return next((out / other.name for other in groups[keys[run.name]]
-                     if other is not run and has_first_task(out / other.name)), None)
+                     if other is not run and has_first_task(out / other.name)), outside_donors.get(keys[run.name]))
 
     if dry_run:
         for run in pending:
