@@ -90,14 +90,15 @@ def summarize(results: Path = RESULTS, config: Path = MINI_CONFIG) -> str:
     for metrics_file in sorted(results.glob(f"*/{METRICS_FILE}")):
         metrics = json.loads(metrics_file.read_text())
         run = json.loads(RunDir(metrics_file.parent).run_info.read_text())
-        session = run["sessions"][-1]
+        session = run["sessions"][0]  # the command with the overrides (later sessions: --resume)
+        commits = " + ".join(dict.fromkeys(f"`{(s['commit'] or '?')[:12]}`" for s in run["sessions"]))
         steps = " / ".join(f"{a:.1f}" for a in metrics["accuracy_per_step"])
         omega = f"{metrics['omega']:.1f}" if "omega" in metrics else "-"
         forgetting = "-" if metrics["forgetting"] is None else f"{metrics['forgetting']:.1f}"
         rows.append(
             f"| {metrics_file.parent.name.rsplit('-s', 1)[0]} | {metrics['seed']} | {overrides(session['command'])} | {metrics['last_accuracy']:.2f} | "
             f"{metrics['average_incremental_accuracy']:.2f} | {forgetting} | {omega} | {steps} | "
-            f"{metrics['wall_time_s'] / 60:.1f} | `{(session['commit'] or '?')[:12]}` |"
+            f"{metrics['wall_time_s'] / 60:.1f} | {commits} |"
         )
     machine = ""
     if rows:
@@ -146,7 +147,8 @@ def summarize(results: Path = RESULTS, config: Path = MINI_CONFIG) -> str:
             "[--tag <tag>] [--set <override> ...]`, which runs `dfcil run configs/mini.yaml --set",
             "method.name=<method> --set seed=<seed>` plus the overrides listed in the row (the non-joint runs",
             "also get `--set runtime.upper_bound=<joint run>` for Omega; the exact command, commit and machine",
-            "of every row are in its `run.json`). The data-free methods train their generator for 300 steps",
+            "of every row are in its `run.json`; a few rows were run with `dfcil run` itself, e.g. from another",
+            "run's first task with `--first-task-from`, and their `run.json` says so). The data-free methods train their generator for 300 steps",
             "per task instead of the papers' 5,000 so that a run fits the ~15-minute CPU budget of this",
             "protocol; R-DFCIL's head refinement runs 5 epochs (its 40 of 160, compressed 8x like the rest).",
             "MFGR's generator trains 200 steps at batch 128 per task (the paper: 60,000 at 512), because its",
