@@ -1,13 +1,15 @@
 """Config loading: extends, --set overrides, strict keys, types and ranges; resolving: method
 options and split checks."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree
+from dfcil.config import apply_overrides, fingerprint, load_config, load_yaml_tree, recorded_network_revision
 from dfcil.errors import ConfigError
 from dfcil.experiment import load_experiment, parse_experiment
+from dfcil.yamlio import load_file
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -108,3 +110,17 @@ def test_keys_added_later_leave_the_fingerprints_of_earlier_runs_unchanged():
         assert fingerprint(explicit) == expected
         adam = parse_experiment(apply_overrides(load_yaml_tree(CONFIGS / name), ["train.optimizer=adam"])).config
         assert fingerprint(adam) != expected
+
+
+def test_recorded_network_revision_reads_the_revision_a_committed_run_was_trained_with():
+    # two committed mini runs with the same network key (resnet32/rdfcil): one made before its
+    # forward lost the ReLUs after the residual additions (revision 1), one after (revision 2)
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    for run, expected in ((results / "mini" / "rdfcil-s0", 1),
+                          (results / "suites" / "mini-rev2" / "method-rdfcil__seed-0", 2)):
+        written = load_file(run / "config.yaml")
+        recorded = json.loads((run / "run.json").read_text())["fingerprint"]
+        assert recorded_network_revision(written, recorded) == expected, run
+        assert load_config(run / "config.yaml").model.network_revision == 2  # what the config builds today
+        written["train"]["lr"] = written["train"]["lr"] / 2  # an edited config matches no revision
+        assert recorded_network_revision(written, recorded) is None

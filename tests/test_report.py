@@ -601,6 +601,40 @@ def test_a_replay_oracle_run_never_shares_the_methods_row(tmp_path):
     assert groups["abd (replay oracle: real old images)"].stats["last_accuracy"].mean == 53.0
 
 
+def test_a_run_trained_before_its_network_changed_gets_its_own_row(tmp_path, monkeypatch):
+    """resnet32/rdfcil's forward changed (revision 2) under an unchanged config: a run made before
+    has the same config.yaml, and only the fingerprint its run.json recorded tells it apart."""
+    import dfcil.config
+    from dfcil.config import config_to_dict, fingerprint, parse_config
+
+    def record_as_trained(run: Path, revisions: dict[str, int] | None) -> None:
+        config = parse_config(yaml.safe_load((run / "config.yaml").read_text()))
+        (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config)))  # as `dfcil run` writes it
+        with monkeypatch.context() as then:
+            if revisions is not None:
+                then.setattr(dfcil.config, "NETWORK_REVISIONS", revisions)
+            info = json.loads((run / "run.json").read_text())
+            info["fingerprint"] = fingerprint(config)
+        (run / "run.json").write_text(json.dumps(info))
+
+    record_as_trained(write_run(tmp_path, "rdfcil-s0", "rdfcil", 0, [80.0, 60.0, 50.0, 41.0]), {})
+    record_as_trained(write_run(tmp_path, "rdfcil-s1", "rdfcil", 1, [80.0, 60.0, 50.0, 44.0]), None)
+    unknown = write_run(tmp_path, "rdfcil-s2", "rdfcil", 2, [80.0, 60.0, 50.0, 46.0])  # fingerprint "fp-rdfcil-s2"
+    record_as_trained(write_run(tmp_path, "abd-s0", "abd", 0, [80.0, 60.0, 50.0, 45.0]), {})
+    abd_config = yaml.safe_load((tmp_path / "abd-s0" / "config.yaml").read_text())
+    abd_config["model"]["resnet32_variant"] = "abd"  # a network that never changed: revision 1 is current
+    (tmp_path / "abd-s0" / "config.yaml").write_text(yaml.safe_dump(abd_config))
+    record_as_trained(tmp_path / "abd-s0", None)
+    records = {r.path.name: r for r in find_runs([tmp_path])}
+    assert {name: r.older_network for name, r in records.items()} == {
+        "rdfcil-s0": "network revision 1", "rdfcil-s1": None, "rdfcil-s2": None, "abd-s0": None}
+    assert unknown.name in records  # an unverifiable revision is not guessed
+    groups = {g.method: g for g in group_runs(list(records.values()))}
+    assert set(groups) == {"rdfcil", "rdfcil (network revision 1)", "abd"}
+    assert groups["rdfcil (network revision 1)"].stats["last_accuracy"].mean == 41.0
+    assert groups["rdfcil"].stats["last_accuracy"].mean == 45.0
+
+
 def test_a_path_given_first_supersedes_same_seed_runs_of_later_paths(tmp_path):
     """A suite's fp32 seed-0 run replaces an older seed-0 run of the same method (given after it),
     instead of being averaged with it; methods only the older folder has still come from it."""

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import dfcil.config
 import dfcil.suite.execute
 from dfcil.cli import main
-from dfcil.config import apply_overrides, config_to_dict, load_yaml_tree, parse_config
+from dfcil.config import apply_overrides, config_to_dict, fingerprint, load_yaml_tree, parse_config
 from dfcil.console import console_logging
 from dfcil.errors import ConfigError
 from dfcil.runlock import hold_run_lock
@@ -97,11 +98,14 @@ def test_suite_runs_skips_resumes_and_reports_failures(tmp_path, tiny_tree, caps
     assert json.loads((ft / "metrics.json").read_text())["last_accuracy"] == metrics["last_accuracy"]
 
 
-def _fake_complete_run(run_dir: Path, config: dict, accuracy: float) -> None:
-    """A finished run directory as ``dfcil run`` leaves it, with a checkpoint not to be copied."""
+def _fake_complete_run(run_dir: Path, config: dict, accuracy: float, recorded: str | None = None) -> None:
+    """A finished run directory as ``dfcil run`` leaves it, with a checkpoint not to be copied;
+    ``run.json`` records ``recorded`` as the fingerprint (default: the config's fingerprint today)."""
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"x" * 10)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    recorded = fingerprint(parse_config(config)) if recorded is None else recorded
+    (run_dir / "run.json").write_text(json.dumps({"fingerprint": recorded, "sessions": []}))
     (run_dir / "metrics.json").write_text(json.dumps({"complete": True, "last_accuracy": accuracy}))
     (run_dir / "log.jsonl").write_text("{}\n")
 
@@ -139,6 +143,26 @@ def test_adopt_copies_complete_runs_with_the_same_config(tmp_path, tiny_tree, ca
     assert len(commands) == 2 and all("seed=0" not in line for line in commands)
     with pytest.raises(ConfigError, match="not a directory"):
         adopt_runs(suite, out, [tmp_path / "missing"])
+
+
+def test_adopt_passes_over_runs_trained_with_an_earlier_network_revision(tmp_path, tiny_tree, monkeypatch):
+    # the config builds resnet32/rdfcil, whose forward changed (revision 2): a run made before the
+    # change has the same config.yaml, but its run.json recorded the revision-1 fingerprint
+    suite = load_suite(_write_suite(tmp_path, tiny_tree, "  method:\n    ft: {method.name: finetune}\n  seed: [0, 1, 2]\n"))
+    assert suite.runs[0].experiment.config.model.network_revision == 2
+    resolved = [config_to_dict(parse_config(apply_overrides(load_yaml_tree(run.config), list(run.overrides))))
+                for run in suite.runs]
+    with monkeypatch.context() as before_the_change:
+        before_the_change.setattr(dfcil.config, "NETWORK_REVISIONS", {})
+        revision_1 = fingerprint(parse_config(resolved[0]))
+    assert revision_1 != fingerprint(parse_config(resolved[0]))
+    source = tmp_path / "elsewhere"
+    _fake_complete_run(source / "ft-s0-old", resolved[0], 50.0, recorded=revision_1)
+    _fake_complete_run(source / "ft-s1", resolved[1], 51.0)  # trained with today's network
+    _fake_complete_run(source / "ft-s2-unknown", resolved[2], 52.0)
+    (source / "ft-s2-unknown" / "run.json").unlink()  # no provenance: its network cannot be told
+    out = tmp_path / "out"
+    assert adopt_runs(suite, out, [source]) == [("method-ft__seed-1", source / "ft-s1")]
 
 
 def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tmp_path, tiny_tree, monkeypatch):

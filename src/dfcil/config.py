@@ -93,8 +93,12 @@ class ModelConfig:
     @property
     def network_revision(self) -> int:
         """Revision of the network this section builds (see :data:`NETWORK_REVISIONS`)."""
-        key = self.backbone if self.backbone != "resnet32" else f"resnet32/{self.resnet32_variant}"
-        return NETWORK_REVISIONS.get(key, 1)
+        return NETWORK_REVISIONS.get(self.network_key, 1)
+
+    @property
+    def network_key(self) -> str:
+        """The network's key in :data:`NETWORK_REVISIONS`: the backbone, or ``resnet32/<variant>``."""
+        return self.backbone if self.backbone != "resnet32" else f"resnet32/{self.resnet32_variant}"
 
 
 #: Revision of a backbone's forward computation, by ``backbone`` or ``resnet32/<variant>``
@@ -305,10 +309,35 @@ def without_runtime(config: Config) -> dict[str, Any]:
     return drop_later_defaults(data)
 
 
-def fingerprint(config: Config) -> str:
-    """Hash of everything that determines the result of a run (``runtime`` excluded)."""
-    data = without_runtime(config)
-    if config.model.network_revision != 1:  # revision 1 is left out: earlier fingerprints stay valid
-        data["model"]["network_revision"] = config.model.network_revision
+def _fingerprint_of(data: dict[str, Any], network_revision: int) -> str:
+    """The fingerprint of a config as a dict without ``runtime`` (and later defaults), built with
+    network revision ``network_revision``."""
+    data = copy.deepcopy(data)
+    if network_revision != 1:  # revision 1 is left out: earlier fingerprints stay valid
+        data.setdefault("model", {})["network_revision"] = network_revision
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def fingerprint(config: Config) -> str:
+    """Hash of everything that determines the result of a run (``runtime`` excluded)."""
+    return _fingerprint_of(without_runtime(config), config.model.network_revision)
+
+
+def recorded_network_revision(written_config: dict[str, Any], recorded_fingerprint: str) -> int | None:
+    """The network revision a run was trained with, read from its own files.
+
+    ``written_config`` is the run's ``config.yaml`` as written (a mapping, not re-parsed: keys
+    added to dfcil since would change its hash) and ``recorded_fingerprint`` the fingerprint its
+    ``run.json`` recorded when it started. The revision is the one under which the written
+    config hashes to the recorded fingerprint; ``None`` when no known revision does (the file was
+    edited, or written by a dfcil that hashed differently). A run made before a network changed
+    thus keeps its old revision, although its config now builds the new network.
+    """
+    data = copy.deepcopy(written_config)
+    data.pop("runtime", None)
+    data = drop_later_defaults(data)
+    for revision in range(1, max(NETWORK_REVISIONS.values(), default=1) + 1):
+        if _fingerprint_of(data, revision) == recorded_fingerprint:
+            return revision
+    return None

@@ -72,6 +72,8 @@ def row_label(record: RunRecord) -> str:
     appended, e.g. ``"rdfcil (method.refine_epochs=5)"``, so distinct variants never share a row.
     A diagnostic run (:data:`dfcil.report.runs.DIAGNOSTIC_FILES`) adds its note, e.g.
     ``"abd (replay oracle: real old images)"``: it never averages with the method's own runs.
+    So does a run trained before its network's forward changed, e.g. ``"rdfcil-no-rkd (network
+    revision 1)"`` (:func:`dfcil.config.recorded_network_revision`).
     """
     labels = record.suite_labels or {}
     if "method" in labels:
@@ -84,6 +86,8 @@ def row_label(record: RunRecord) -> str:
              if axis not in ROW_AXES_SHOWN_ELSEWHERE and not axis.startswith(("scenario.", "data."))]
     if record.diagnostic:
         extra.append(record.diagnostic)
+    if record.older_network:
+        extra.append(record.older_network)
     return f"{label} ({', '.join(extra)})" if extra else label
 
 

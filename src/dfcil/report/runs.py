@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from dfcil.errors import DataError
+from dfcil.config import parse_config, recorded_network_revision
+from dfcil.errors import ConfigError, DataError
 from dfcil.rundir import CONFIG_FILE, METRICS_FILE, RUN_FILE, SUITE_FILE, RunDir
 from dfcil.yamlio import safe_load
 
@@ -51,6 +52,7 @@ class RunRecord:
     excluded: str | None = None
     source_rank: int = 0  # index of the first path given to the report that holds this run
     diagnostic: str | None = None  # what a diagnostic run (not the method as published) changed
+    older_network: str | None = None  # e.g. "network revision 1": trained before its network changed
     synthesis_grids: list[tuple[int, Path]] = field(default_factory=list)
 
     @property
@@ -130,6 +132,22 @@ def _synthesis_grids(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(grids)
 
 
+def _older_network(config: dict[str, Any], run_info: dict[str, Any] | None) -> str | None:
+    """``"network revision N"`` when the run was trained with revision N of a network that its
+    config now builds at a later revision (:data:`dfcil.config.NETWORK_REVISIONS`), else None
+    (also when the revision cannot be told: no recorded fingerprint, or a config that no
+    longer parses)."""
+    recorded = (run_info or {}).get("fingerprint")
+    if not isinstance(recorded, str):
+        return None
+    try:
+        current = parse_config(config).model.network_revision
+    except (ConfigError, TypeError, ValueError):
+        return None
+    trained = recorded_network_revision(config, recorded)
+    return None if trained is None or trained == current else f"network revision {trained}"
+
+
 def load_run(run_dir: Path) -> RunRecord:
     """Load one run directory into a :class:`RunRecord` (``DataError`` on damaged files)."""
     run_dir = Path(run_dir)
@@ -167,6 +185,7 @@ def load_run(run_dir: Path) -> RunRecord:
         excluded=_exclusion(metrics, metrics_file),
         synthesis_grids=_synthesis_grids(run_dir),
         diagnostic=None if diagnostic_file is None else DIAGNOSTIC_FILES[diagnostic_file.name],
+        older_network=_older_network(config, run_info),
     )
 
 
