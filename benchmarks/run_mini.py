@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 
 from dfcil.atomic import write_text
+from dfcil.config import parse_config, recorded_network_revision
 from dfcil.rundir import CONFIG_FILE, LOG_FILE, METRICS_FILE, RUN_FILE, RunDir
+from dfcil.yamlio import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mini"
@@ -84,6 +86,19 @@ def overrides(command: str) -> str:
     return "<br>".join(f"`{item}`" for item in kept) or "-"
 
 
+def network_label(run_dir: Path) -> str:
+    """The network a run trained, e.g. ``resnet32/rdfcil r2``: its key and the revision its
+    ``run.json`` fingerprint records (``r?`` when that cannot be told; ``-`` without a config)."""
+    folder = RunDir(run_dir)
+    if not folder.config.is_file():
+        return "-"
+    written = load_file(folder.config)
+    model = parse_config(written).model
+    recorded = json.loads(folder.run_info.read_text()).get("fingerprint") if folder.run_info.is_file() else None
+    trained = recorded_network_revision(written, recorded) if isinstance(recorded, str) else None
+    return f"{model.network_key} r{'?' if trained is None else trained}"
+
+
 def summarize(results: Path = RESULTS, config: Path = MINI_CONFIG) -> str:
     """Markdown table of every result under ``results`` (default ``benchmarks/results/mini``)."""
     rows = []
@@ -96,7 +111,8 @@ def summarize(results: Path = RESULTS, config: Path = MINI_CONFIG) -> str:
         omega = f"{metrics['omega']:.1f}" if "omega" in metrics else "-"
         forgetting = "-" if metrics["forgetting"] is None else f"{metrics['forgetting']:.1f}"
         rows.append(
-            f"| {metrics_file.parent.name.rsplit('-s', 1)[0]} | {metrics['seed']} | {overrides(session['command'])} | {metrics['last_accuracy']:.2f} | "
+            f"| {metrics_file.parent.name.rsplit('-s', 1)[0]} | {metrics['seed']} | {network_label(metrics_file.parent)} | "
+            f"{overrides(session['command'])} | {metrics['last_accuracy']:.2f} | "
             f"{metrics['average_incremental_accuracy']:.2f} | {forgetting} | {omega} | {steps} | "
             f"{metrics['wall_time_s'] / 60:.1f} | {commits} |"
         )
@@ -106,9 +122,14 @@ def summarize(results: Path = RESULTS, config: Path = MINI_CONFIG) -> str:
         m = first["machine"]
         machine = f"{m['processor']}, {m['cpu_count']} cores, torch {m['torch']}, device {first['device']}"
     table = [
-        "| run | seed | overrides | A_N (last) | avg. incremental | forgetting | Omega | A_1 / ... / A_N | minutes | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | seed | network | overrides | A_N (last) | avg. incremental | forgetting | Omega | A_1 / ... / A_N | minutes | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        "Network: the backbone and the revision of its forward the run trained, read from the fingerprint",
+        "its `run.json` recorded (`NETWORK_REVISIONS` in `dfcil.config`): `resnet32/rdfcil r1` kept a ReLU",
+        "after every residual addition but the last (30 per forward), `r2` is R-DFCIL's code (16). Rows",
+        "of different revisions do not compare; the mini suite's rerun (`benchmarks/results/suites/mini-rev2`) is r2.",
         "",
         "Each directory holds the run's `metrics.json`, `config.yaml`, `run.json` (command, commit,",
         "machine, data) and `log.jsonl` (per-epoch loss terms, lr, accuracy, images/s).",

@@ -4,6 +4,7 @@ the command that started it, and names the commit of every session."""
 from __future__ import annotations
 
 import json
+import shutil
 
 from conftest import load_benchmark
 
@@ -34,3 +35,13 @@ def test_a_resumed_run_keeps_its_overrides_and_every_commit(tmp_path):
     assert "`method.synthesis.lr=0.001`" in rows["mfgr-gen-lr-0.001"]
     assert rows["mfgr-gen-lr-0.001"].endswith("| `eb5da64aaaaa` + `ea5cc16bbbbb` |")
     assert "| - |" in rows["lwf"] and rows["lwf"].endswith("| `30b7daf82fe8` |")
+
+
+def test_each_row_names_the_network_revision_its_run_trained(tmp_path):
+    # committed runs of the same config before (r1) and after (r2) resnet32/rdfcil's forward changed
+    run_mini = load_benchmark("run_mini")
+    results = run_mini.ROOT / "benchmarks" / "results"
+    shutil.copytree(results / "mini" / "rdfcil-s0", tmp_path / "rdfcil-s0")
+    shutil.copytree(results / "suites" / "mini-rev2" / "method-rdfcil__seed-1", tmp_path / "rdfcil-s1")
+    rows = [line for line in run_mini.summarize(tmp_path).splitlines() if line.startswith("| rdfcil |")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["0", "resnet32/rdfcil r1"], ["1", "resnet32/rdfcil r2"]]
