@@ -601,30 +601,35 @@ def test_a_replay_oracle_run_never_shares_the_methods_row(tmp_path):
     assert groups["abd (replay oracle: real old images)"].stats["last_accuracy"].mean == 53.0
 
 
-def test_a_run_trained_before_its_network_changed_gets_its_own_row(tmp_path, monkeypatch):
-    """resnet32/rdfcil's forward changed (revision 2) under an unchanged config: a run made before
-    has the same config.yaml, and only the fingerprint its run.json recorded tells it apart."""
+def record_as_trained(run: Path, monkeypatch: pytest.MonkeyPatch, revisions: dict[str, int] | None = None) -> Path:
+    """Rewrite a fake run's config.yaml as `dfcil run` writes it and record in its run.json the
+    fingerprint it had when trained with ``revisions`` as NETWORK_REVISIONS (None: today's);
+    ``{}`` is before resnet32/rdfcil's forward changed."""
     import dfcil.config
     from dfcil.config import config_to_dict, fingerprint, parse_config
 
-    def record_as_trained(run: Path, revisions: dict[str, int] | None) -> None:
-        config = parse_config(yaml.safe_load((run / "config.yaml").read_text()))
-        (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config)))  # as `dfcil run` writes it
-        with monkeypatch.context() as then:
-            if revisions is not None:
-                then.setattr(dfcil.config, "NETWORK_REVISIONS", revisions)
-            info = json.loads((run / "run.json").read_text())
-            info["fingerprint"] = fingerprint(config)
-        (run / "run.json").write_text(json.dumps(info))
+    config = parse_config(yaml.safe_load((run / "config.yaml").read_text()))
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config)))
+    with monkeypatch.context() as then:
+        if revisions is not None:
+            then.setattr(dfcil.config, "NETWORK_REVISIONS", revisions)
+        info = json.loads((run / "run.json").read_text())
+        info["fingerprint"] = fingerprint(config)
+    (run / "run.json").write_text(json.dumps(info))
+    return run
 
-    record_as_trained(write_run(tmp_path, "rdfcil-s0", "rdfcil", 0, [80.0, 60.0, 50.0, 41.0]), {})
-    record_as_trained(write_run(tmp_path, "rdfcil-s1", "rdfcil", 1, [80.0, 60.0, 50.0, 44.0]), None)
+
+def test_a_run_trained_before_its_network_changed_gets_its_own_row(tmp_path, monkeypatch):
+    """resnet32/rdfcil's forward changed (revision 2) under an unchanged config: a run made before
+    has the same config.yaml, and only the fingerprint its run.json recorded tells it apart."""
+    record_as_trained(write_run(tmp_path, "rdfcil-s0", "rdfcil", 0, [80.0, 60.0, 50.0, 41.0]), monkeypatch, {})
+    record_as_trained(write_run(tmp_path, "rdfcil-s1", "rdfcil", 1, [80.0, 60.0, 50.0, 44.0]), monkeypatch, None)
     unknown = write_run(tmp_path, "rdfcil-s2", "rdfcil", 2, [80.0, 60.0, 50.0, 46.0])  # fingerprint "fp-rdfcil-s2"
-    record_as_trained(write_run(tmp_path, "abd-s0", "abd", 0, [80.0, 60.0, 50.0, 45.0]), {})
+    record_as_trained(write_run(tmp_path, "abd-s0", "abd", 0, [80.0, 60.0, 50.0, 45.0]), monkeypatch, {})
     abd_config = yaml.safe_load((tmp_path / "abd-s0" / "config.yaml").read_text())
     abd_config["model"]["resnet32_variant"] = "abd"  # a network that never changed: revision 1 is current
     (tmp_path / "abd-s0" / "config.yaml").write_text(yaml.safe_dump(abd_config))
-    record_as_trained(tmp_path / "abd-s0", None)
+    record_as_trained(tmp_path / "abd-s0", monkeypatch, None)
     records = {r.path.name: r for r in find_runs([tmp_path])}
     assert {name: r.older_network for name, r in records.items()} == {
         "rdfcil-s0": "network revision 1", "rdfcil-s1": None, "rdfcil-s2": None, "abd-s0": None}
@@ -633,6 +638,27 @@ def test_a_run_trained_before_its_network_changed_gets_its_own_row(tmp_path, mon
     assert set(groups) == {"rdfcil", "rdfcil (network revision 1)", "abd"}
     assert groups["rdfcil (network revision 1)"].stats["last_accuracy"].mean == 41.0
     assert groups["rdfcil"].stats["last_accuracy"].mean == 45.0
+
+
+def test_todays_network_supersedes_an_older_revision_and_lends_it_no_omega(tmp_path, monkeypatch):
+    """`dfcil report NEW OLD`, OLD trained before the network changed: its seed-0 rdfcil run is
+    superseded by NEW's, its ablation keeps a row of its own and takes no Omega from NEW's joint."""
+    from dfcil.report.aggregate import exclude_superseded
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    record_as_trained(write_run(new, "joint-s0", "joint", 0, [80.0, 75.0, 70.0, 65.0]), monkeypatch)
+    record_as_trained(write_run(new, "rdfcil-s0", "rdfcil", 0, [80.0, 60.0, 50.0, 44.0]), monkeypatch)
+    record_as_trained(write_run(old, "rdfcil-s0", "rdfcil", 0, [80.0, 60.0, 50.0, 41.0]), monkeypatch, {})
+    record_as_trained(write_run(old, "rdfcil-no-rkd-s0", "rdfcil", 0, [80.0, 55.0, 45.0, 36.0]), monkeypatch, {})
+    records = find_runs([new, old])
+    exclude_superseded(records)
+    notes = omega_from_joint(records)
+    by_path = {str(r.path.relative_to(tmp_path)): r for r in records}
+    assert by_path["old/rdfcil-s0"].excluded.startswith(f"superseded by {new / 'rdfcil-s0'}")
+    assert by_path["new/rdfcil-s0"].excluded is None and by_path["old/rdfcil-no-rkd-s0"].excluded is None
+    assert row_label(by_path["old/rdfcil-no-rkd-s0"]) == "rdfcil-no-rkd (network revision 1)"
+    assert "omega" in by_path["new/rdfcil-s0"].metrics and len(notes) == 1
+    assert "omega" not in by_path["old/rdfcil-no-rkd-s0"].metrics
 
 
 def test_a_path_given_first_supersedes_same_seed_runs_of_later_paths(tmp_path):

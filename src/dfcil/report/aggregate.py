@@ -32,12 +32,13 @@ def exclude_superseded(records: Sequence[RunRecord]) -> None:
     """Where runs of the same protocol column, row and seed were found under different paths
     given to the report, use only those under the path given first and mark the others
     ``excluded`` (superseded), so that e.g. a suite's seed-0 run replaces an older seed-0 run of
-    the same method instead of being averaged with it.  Same-seed runs under one path are left
-    alone (:func:`duplicate_seed_warnings` reports them)."""
+    the same method instead of being averaged with it; a run trained before its network changed
+    (a "network revision N" row) is superseded by a run of the same row on today's network too.
+    Same-seed runs under one path are left alone (:func:`duplicate_seed_warnings` reports them)."""
     columns = protocol_labels(records)
     by_key: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
     for record in (r for r in records if r.excluded is None):
-        by_key[(columns[str(record.path)], row_label(record), str(run_seed(record)))].append(record)
+        by_key[(columns[str(record.path)], row_label(record, network=False), str(run_seed(record)))].append(record)
     for (protocol, method, seed), runs in by_key.items():
         first = min(r.source_rank for r in runs)
         kept = [r for r in runs if r.source_rank == first]
@@ -53,7 +54,8 @@ def omega_from_joint(records: Sequence[RunRecord]) -> list[str]:
     and seed, with the same class order and number of tasks: ``metrics.omega`` of the run's
     accuracy after each task against the joint run's, as the engine computes it. The run's
     metrics gain ``omega``, ``upper_bound_accuracy_per_step`` and ``omega_from`` (the joint
-    run's path). Returns one note per run given Omega (for the report's warnings)."""
+    run's path); the joint run must have trained the same network revision. Returns one note per
+    run given Omega (for the report's warnings)."""
     columns = protocol_labels(records)
     used = [r for r in records if r.excluded is None]
     joints = [r for r in used if method_name(r) == "joint" and isinstance(r.metrics.get("accuracy_per_step"), list)]
@@ -63,7 +65,7 @@ def omega_from_joint(records: Sequence[RunRecord]) -> list[str]:
         if method_name(record) == "joint" or "omega" in record.metrics or not isinstance(per_step, list):
             continue
         partner = next((j for j in joints if columns[str(j.path)] == columns[str(record.path)]
-                        and str(run_seed(j)) == str(run_seed(record))
+                        and str(run_seed(j)) == str(run_seed(record)) and j.older_network == record.older_network
                         and j.metrics.get("class_order") == record.metrics.get("class_order")
                         and len(j.metrics["accuracy_per_step"]) == len(per_step)), None)
         if partner is None:

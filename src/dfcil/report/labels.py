@@ -63,7 +63,7 @@ def method_name(record: RunRecord) -> str:
     return str(_section(record.config, "method").get("name") or record.metrics.get("method") or "unknown")
 
 
-def row_label(record: RunRecord) -> str:
+def row_label(record: RunRecord, *, network: bool = True) -> str:
     """The table row of a run: the suite's ``method`` label, else the method name.
 
     A run directory named ``<method>-<tag>-s<seed>`` marks a non-default variant and gets
@@ -73,7 +73,8 @@ def row_label(record: RunRecord) -> str:
     A diagnostic run (:data:`dfcil.report.runs.DIAGNOSTIC_FILES`) adds its note, e.g.
     ``"abd (replay oracle: real old images)"``: it never averages with the method's own runs.
     So does a run trained before its network's forward changed, e.g. ``"rdfcil-no-rkd (network
-    revision 1)"`` (:func:`dfcil.config.recorded_network_revision`).
+    revision 1)"`` (:func:`dfcil.config.recorded_network_revision`); ``network=False`` leaves that
+    note out (the row the run would have on today's network).
     """
     labels = record.suite_labels or {}
     if "method" in labels:
@@ -86,7 +87,7 @@ def row_label(record: RunRecord) -> str:
              if axis not in ROW_AXES_SHOWN_ELSEWHERE and not axis.startswith(("scenario.", "data."))]
     if record.diagnostic:
         extra.append(record.diagnostic)
-    if record.older_network:
+    if record.older_network and network:
         extra.append(record.older_network)
     return f"{label} ({', '.join(extra)})" if extra else label
 
