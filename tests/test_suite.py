@@ -165,6 +165,24 @@ def test_adopt_passes_over_runs_trained_with_an_earlier_network_revision(tmp_pat
     assert adopt_runs(suite, out, [source]) == [("method-ft__seed-1", source / "ft-s1")]
 
 
+def test_a_point_axis_pairs_each_run_with_the_joint_of_its_own_split(tmp_path, tiny_tree):
+    # one axis of whole points (as suites/mini_skd.yaml): every run differs from both joints in that
+    # axis alone; its partner is the joint of the same split, and a split without one has none
+    suite = load_suite(_write_suite(
+        tmp_path, tiny_tree,
+        "  seed: [0]\n  point:\n    b0-joint: {method.name: joint}\n    b0-ft: {method.name: finetune}\n"
+        "    b1-joint: {method.name: joint, scenario.base_classes: 2, scenario.num_tasks: 3}\n"
+        "    b1-ft: {method.name: finetune, scenario.base_classes: 2, scenario.num_tasks: 3}\n"
+        "    b0-ft-seed: {method.name: finetune, seed: 5}\n"))
+    runs = {run.labels["point"]: run for run in suite.runs}
+    partner = dfcil.suite.execute._partner_joint
+    joints = suite.joint_runs
+    assert [run.labels["point"] for run in joints] == ["b0-joint", "b1-joint"]
+    assert partner(runs["b0-ft"], joints) is runs["b0-joint"]
+    assert partner(runs["b1-ft"], joints) is runs["b1-joint"]
+    assert partner(runs["b0-ft-seed"], joints) is None
+
+
 def test_scheduler_keeps_every_slot_busy_and_waits_only_for_the_partner_joint(tmp_path, tiny_tree, monkeypatch):
     """Fake processes (no training): a run starts when a slot is free and its own joint run has
     ended, even while another seed's joint run is still going; runs share the cores out."""

@@ -100,11 +100,20 @@ def adopt_runs(suite: Suite, out: Path, sources: list[Path]) -> list[tuple[str, 
     return adopted
 
 
+def _same_protocol(run: SuiteRun, joint: SuiteRun) -> bool:
+    """Whether ``joint`` trains what ``run`` is measured against: same seed, data, split and network."""
+    a, b = run.experiment.config, joint.experiment.config
+    return (a.seed, a.data, a.scenario, a.model) == (b.seed, b.data, b.scenario, b.model)
+
+
 def _partner_joint(run: SuiteRun, joints: list[SuiteRun]) -> SuiteRun | None:
-    """The joint run whose labels equal ``run``'s on every axis except the method's."""
+    """The joint run whose labels equal ``run``'s on every axis except the method's, and which
+    trains the same protocol (:func:`_same_protocol`): in a suite whose one axis names whole
+    points, e.g. ``b10-abd`` and ``b10-joint``, only the joint of the run's own split qualifies."""
     for joint in joints:
         differing = [axis for axis in run.labels if run.labels[axis] != joint.labels.get(axis)]
-        if len(differing) == 1 and any(item.startswith("method.name=") for item in joint.overrides):
+        if (len(differing) == 1 and any(item.startswith("method.name=") for item in joint.overrides)
+                and _same_protocol(run, joint)):
             return joint
     return None
 
