@@ -158,6 +158,28 @@ def _per_task(runs: list[dict[str, Any]], key: str, digits: int) -> str:
     return " / ".join(cells)
 
 
+def copy_run(run_dir: Path, out: Path) -> Path:
+    """Copy a run directory into ``out/<its name>`` without checkpoints: :data:`KEPT_FILES` and
+    ``synthesis/`` (sample grids and domain-gap features, what the report reads). The copy is
+    built beside and renamed into place, so an interrupted copy leaves the old one or none.
+    Returns the copy (``run_dir`` itself when it already lies in ``out``)."""
+    target = out / run_dir.name
+    if run_dir.resolve() == target.resolve():
+        return target
+    staging = out / f".{run_dir.name}.copying"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in KEPT_FILES:
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, staging / name)
+    synthesis = RunDir(run_dir).synthesis
+    if synthesis.is_dir():
+        shutil.copytree(synthesis, RunDir(staging).synthesis)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
 def collect(runs_roots: list[Path], out: Path) -> dict[str, list[dict[str, Any]]]:
     """Copy the complete runs under ``runs_roots`` into ``out`` and read them (with those already
     in ``out``), by budget label."""
@@ -172,19 +194,7 @@ def collect(runs_roots: list[Path], out: Path) -> dict[str, list[dict[str, Any]]
         if figures is None:
             continue
         seen.add(run_dir.name)
-        target = out / run_dir.name
-        if run_dir.resolve() != target.resolve():
-            staging = out / f".{run_dir.name}.copying"
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            for name in KEPT_FILES:
-                if (run_dir / name).exists():
-                    shutil.copy2(run_dir / name, staging / name)
-            synthesis = RunDir(run_dir).synthesis
-            if synthesis.is_dir():  # sample grids and domain-gap features: what the report reads
-                shutil.copytree(synthesis, RunDir(staging).synthesis)
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
+        copy_run(run_dir, out)
         if (run_dir / ORACLE_FILE).exists():  # seed-<s>__oracle-<method> (benchmarks/replay_oracle.py)
             label = run_dir.name.split("__", 1)[1]
         else:
