@@ -107,3 +107,24 @@ def test_checkpoints_keep_multistep_milestones_and_repair_old_ones(tmp_path):
     mangled = {**saved["scheduler"], "milestones": Counter({(10, 1): 1, (15, 1): 1})}
     assert ckpt._repair_milestones(mangled)["milestones"] == Counter({10: 1, 15: 1})
     assert ckpt._repair_milestones(None) is None
+
+
+def test_a_checkpoint_of_an_earlier_network_revision_is_refused_by_name(tmp_path, monkeypatch):
+    import dfcil.config
+    from dfcil.config import parse_config, without_runtime
+    from dfcil.engine import checkpoint as ckpt
+    from dfcil.errors import RunDirError
+
+    config = parse_config({"model": {"resnet32_variant": "rdfcil"}})
+    with monkeypatch.context() as before_the_change:  # resnet32/rdfcil's forward at revision 1
+        before_the_change.setattr(dfcil.config, "NETWORK_REVISIONS", {})
+        old_fingerprint = ckpt.run_fingerprint(config)
+    state = ckpt.Checkpoint(fingerprint=old_fingerprint, position=ckpt.Position(0, 0, 3, False), head_sizes=[2],
+                            model={}, method={}, optimizer=None, scheduler=None, rng={}, results=[], wall_time_s=0.0,
+                            config=without_runtime(config))
+    ckpt.save(tmp_path, state)
+    with pytest.raises(RunDirError, match=r"revision 1 of the resnet32/rdfcil network, and this dfcil builds revision 2"):
+        ckpt.load(tmp_path, config)
+    ckpt.save(tmp_path, ckpt.Checkpoint(**{**state.__dict__, "fingerprint": "0123456789abcdef"}))
+    with pytest.raises(RunDirError, match="belongs to another run"):  # not a revision: the old message
+        ckpt.load(tmp_path, config)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from dfcil.atomic import torch_save
-from dfcil.config import Config, fingerprint, first_difference, without_runtime
+from dfcil.config import Config, fingerprint, first_difference, recorded_network_revision, without_runtime
 from dfcil.errors import RunDirError
 from dfcil.models import IncrementalClassifier
 from dfcil.rundir import RunDir
@@ -97,6 +97,12 @@ def load(run_dir: Path, config: Config) -> Checkpoint | None:
         raise RunDirError(f"{error} (the run cannot be resumed{hint})") from None
     expected = run_fingerprint(config)
     if checkpoint.fingerprint != expected:
+        trained = None if checkpoint.config is None else recorded_network_revision(checkpoint.config, checkpoint.fingerprint)
+        if trained is not None and trained != config.model.network_revision:
+            raise RunDirError(
+                f"{path} was trained with revision {trained} of the {config.model.network_key} network, and this "
+                f"dfcil builds revision {config.model.network_revision} (NETWORK_REVISIONS in dfcil.config): "
+                "the run cannot be resumed; start it again in a new directory")
         difference = None if checkpoint.config is None else first_difference(
             checkpoint.config, without_runtime(config), ("in the checkpoint", "in the config"))
         if difference:
