@@ -348,7 +348,14 @@ def test_shipped_suites_are_valid():
     mini = load_suite(REPO / "suites" / "mini.yaml")
     assert len(mini.runs) == 14 * 3  # 13 methods + MFGR's own LwF baseline (mfgr-lwf)
     skd = load_suite(REPO / "suites" / "mini_skd.yaml")  # bn_eps 1.0e-5 reaches the run as a number
-    assert len(skd.runs) == 10 * 3
+    assert len(skd.runs) == 13 * 3
+    # the half-base points take their Omega from the half-base joint run of their seed; the B0
+    # points have no joint run in this suite (not the half-base one)
+    for run in skd.runs:
+        partner = dfcil.suite.execute._partner_joint(run, skd.joint_runs)
+        expected = (f"seed-{run.labels['seed']}__point-b10-joint"
+                    if run.labels["point"].startswith("b10-") and not run.is_joint else None)
+        assert (partner and partner.name) == expected, run.name
     assert len(load_suite(REPO / "suites" / "mini_budget.yaml").runs) == 8 * 3
     for table, protocols in (("rdfcil_table1", ("N5", "N10", "N20")), ("rdfcil_table2", ("N6", "N11", "N26"))):
         suite = load_suite(REPO / "suites" / f"{table}.yaml")
