@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from dfcil.atomic import write_text
-from dfcil.config import parse_config, recorded_network_revision
+from dfcil.config import parse_config
 from dfcil.rundir import CONFIG_FILE, LOG_FILE, METRICS_FILE, RUN_FILE, RunDir
 from dfcil.yamlio import load_file
 
@@ -92,10 +92,8 @@ def network_label(run_dir: Path) -> str:
     folder = RunDir(run_dir)
     if not folder.config.is_file():
         return "-"
-    written = load_file(folder.config)
-    model = parse_config(written).model
-    recorded = json.loads(folder.run_info.read_text()).get("fingerprint") if folder.run_info.is_file() else None
-    trained = recorded_network_revision(written, recorded) if isinstance(recorded, str) else None
+    model = parse_config(load_file(folder.config)).model
+    trained = folder.trained_network_revision()
     return f"{model.network_key} r{'?' if trained is None else trained}"
 
 

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from dfcil.config import recorded_network_revision
 from dfcil.runlock import is_run_locked
+from dfcil.yamlio import load_file
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -154,6 +156,21 @@ class RunDir:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def trained_network_revision(self) -> int | None:
+        """The network revision the run trained: :func:`dfcil.config.recorded_network_revision` of
+        ``config.yaml`` as written and the fingerprint ``run.json`` recorded; None when either file
+        is missing or unreadable, or no revision matches (a run made since its network last changed
+        has today's revision, one made before keeps its older one)."""
+        try:
+            info = json.loads(self.run_info.read_text())
+            written = load_file(self.config)
+        except (OSError, ValueError):
+            return None
+        recorded = info.get("fingerprint") if isinstance(info, dict) else None
+        if not isinstance(recorded, str) or not isinstance(written, dict):
+            return None
+        return recorded_network_revision(written, recorded)
 
     def records(self, strict: bool = False) -> list[LogRecord]:
         """The typed records of ``log.jsonl`` (see :func:`read_log`); none when there is no log."""

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from dfcil.atomic import write_json
-from dfcil.config import Config, fingerprint, load_config, recorded_network_revision
+from dfcil.config import Config, fingerprint, load_config
 from dfcil.errors import ConfigError, RunDirError
 from dfcil.first_task import has_first_task, recorded_identity
 from dfcil.rundir import CHECKPOINTS_DIR, SUITE_FILE, RunDir, run_state
 from dfcil.suite.grid import Suite, SuiteRun
-from dfcil.yamlio import load_file
 
 logger = logging.getLogger("dfcil.suite")  # "[suite] ..." on the command line (dfcil.console)
 
@@ -32,24 +31,17 @@ def _suite_record(suite: Suite, run: SuiteRun, **extra: str) -> dict[str, Any]:
 
 
 def _trained_network_is_current(run_dir: Path, config: Config) -> bool:
-    """Whether the run in ``run_dir`` trained the network its config builds today: its recorded
-    network revision (:func:`dfcil.config.recorded_network_revision`) is the current one. A run
-    without a recorded fingerprint passes only for a network that never changed (revision 1)."""
-    try:
-        info = json.loads(RunDir(run_dir).run_info.read_text())
-        recorded = info.get("fingerprint") if isinstance(info, dict) else None
-        written = load_file(RunDir(run_dir).config)
-    except (OSError, ValueError, ConfigError):
-        recorded, written = None, None
-    if not isinstance(recorded, str) or not isinstance(written, dict):
-        return config.model.network_revision == 1
-    trained = recorded_network_revision(written, recorded)
-    if trained != config.model.network_revision:
-        logger.info("not adopting %s: trained with %s of the %s network, which is now revision %d",
-                    run_dir, "an unknown revision" if trained is None else f"revision {trained}",
-                    config.model.network_key, config.model.network_revision)
-        return False
-    return True
+    """Whether the run in ``run_dir`` trained the network its config builds today
+    (:meth:`dfcil.rundir.RunDir.trained_network_revision`). A run whose revision cannot be told
+    passes only for a network that never changed (revision 1)."""
+    trained = RunDir(run_dir).trained_network_revision()
+    current = config.model.network_revision
+    if trained == current or (trained is None and current == 1):
+        return True
+    logger.info("not adopting %s: trained with %s of the %s network, which is now revision %d",
+                run_dir, "an unknown revision" if trained is None else f"revision {trained}",
+                config.model.network_key, current)
+    return False
 
 
 def _complete_runs_by_fingerprint(sources: list[Path]) -> dict[str, Path]:
