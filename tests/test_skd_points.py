@@ -18,6 +18,8 @@ def test_the_table_reads_gamma_the_delegator_check_and_the_fit_of_each_task(tmp_
     shutil.copytree(results / "mini" / "skd" / name, runs / name)
     (runs / name / "checkpoints").mkdir()  # left behind by the copy
     shutil.copytree(results / "mini" / "skd" / name, runs / "seed-0__point-b0-skd-unfinished")
+    abd = "seed-0__point-b10-abd"  # its classification term is logged as local_ce
+    shutil.copytree(results / "mini" / "skd" / abd, runs / abd)
     metrics = json.loads((runs / name / "metrics.json").read_text())
     unfinished = runs / "seed-0__point-b0-skd-unfinished" / "metrics.json"
     unfinished.write_text(json.dumps({**metrics, "complete": False}))
@@ -25,11 +27,11 @@ def test_the_table_reads_gamma_the_delegator_check_and_the_fit_of_each_task(tmp_
     monkeypatch.setattr(skd_points, "SUITE_REFERENCE", suite)
 
     assert skd_points.main([str(runs), "--out", str(out)]) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["README.md", name]  # the complete run only
+    assert sorted(path.name for path in out.iterdir()) == ["README.md", name, abd]  # the complete runs only
     assert not (out / name / "checkpoints").exists()
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in (out / "README.md").read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| point")}
-    assert list(rows) == ["skd (the mini suite: beta 5)", "b0-skd-beta-1.5"]
+    assert list(rows) == ["skd (the mini suite: beta 5)", "b0-skd-beta-1.5", "b10-abd"]
     row = rows["b0-skd-beta-1.5"]
     assert row[1:3] == ["0", f"{metrics['last_accuracy']:.2f}"]
     # SKD's Eq. 9 on B0 with N = 3 incremental tasks of 5: gamma_n = beta / (N * sum of their classes)
@@ -37,10 +39,16 @@ def test_the_table_reads_gamma_the_delegator_check_and_the_fit_of_each_task(tmp_
     assert rows["skd (the mini suite: beta 5)"][7] == " / ".join(f"{5 / (3 * c):.3f}" for c in (5, 10, 15))
     # the delegator before task 2 is the same in both (same first task and delegator budget): S / T
     assert row[8].split("; ")[0] == rows["skd (the mini suite: beta 5)"][8].split("; ")[0]
-    last_epochs = {}
-    for line in (runs / name / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("event") == "epoch" and record["phase"] == "main":
-            last_epochs[record["task"]] = record
-    assert row[9] == "; ".join(f"{last_epochs[t]['losses']['cls']:.2f}/{last_epochs[t]['train_accuracy']:.1f}"
+    def last_epochs(run: str) -> dict[int, dict]:
+        epochs = {}
+        for line in (runs / run / "log.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record.get("event") == "epoch" and record["phase"] == "main":
+                epochs[record["task"]] = record
+        return epochs
+
+    skd_epochs, abd_epochs = last_epochs(name), last_epochs(abd)
+    assert row[9] == "; ".join(f"{skd_epochs[t]['losses']['cls']:.2f}/{skd_epochs[t]['train_accuracy']:.1f}"
                                for t in (2, 3, 4))
+    assert rows["b10-abd"][9] == "; ".join(
+        f"{abd_epochs[t]['losses']['local_ce']:.2f}/{abd_epochs[t]['train_accuracy']:.1f}" for t in (2, 3))
