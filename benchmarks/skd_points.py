@@ -52,7 +52,7 @@ times the iterations without the early lr cut (600), and with DFAD's BatchNorm e
 on the half-base split (SKD's protocol in small) every other method too. Network revision 2
 (R-DFCIL's ResNet-32) throughout. What they show: `../FINDINGS.md`, "SKD at the paper's
 classification weight". The last-epoch column gives each method's own classification term, unweighted:
-SKD's `cls` and joint's `ce` are CE over all seen classes; ABD's and R-DFCIL's `local_ce` is CE over
+SKD's `cls` and joint's `ce` are CE over all seen classes; ABD's, R-DFCIL's and MFGR's `local_ce` is CE over
 the new task's classes only (lower for the same fit); the training accuracy is the all-class argmax
 on the real training images in every row."""
 
