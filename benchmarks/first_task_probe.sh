@@ -1,8 +1,9 @@
 #!/bin/bash
-# The first task of the half-base mini split (10 classes, 20 epochs, seed 0) alone, under three
-# settings, to find which of the corrected network (resnet32/rdfcil revision 2) and R-DFCIL's head
-# init N(0, 0.001^2) makes it fit slower than revision 1 did (FINDINGS.md, "The first task on the
-# corrected network"). Each run is stopped once its first task is evaluated (its log.jsonl then
+# The first task of the half-base mini split (10 classes, 20 epochs, seed 0) alone, with one of the
+# two changes of revision 2 undone in each probe (PyTorch's head init on the revision-2 network; ABD's
+# network with R-DFCIL's head init N(0, 0.001^2)), to find which makes it fit slower than revision 1
+# did; the setting with both is the suite's own half-base first task (FINDINGS.md, "The first task
+# on the corrected network"). Each run is stopped once its first task is evaluated (its log.jsonl then
 # holds every first-task epoch and the test accuracy).
 #   DFCIL_DATA=../shared/data bash benchmarks/first_task_probe.sh OUT_DIR
 set -u

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,18 @@ def test_unknown_files_are_those_the_format_does_not_name(tmp_path):
     (tmp_path / "synthesis" / "mine.png").write_text("x")
     (tmp_path / "notes.txt").write_text("x")
     assert files.unknown_files() == [Path("notes.txt"), Path("synthesis/mine.png")]
+
+
+def test_trained_network_revision_of_a_committed_run_and_none_for_unreadable_files(tmp_path):
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "suites" / "mini-rev2"
+    run = tmp_path / "run"
+    shutil.copytree(committed / "method-rdfcil__seed-0", run)
+    assert RunDir(run).trained_network_revision() == 2
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text("model: [unclosed\n")  # invalid YAML: load_file raises ConfigError
+    assert RunDir(run).trained_network_revision() is None
+    (run / "config.yaml").write_text(config)
+    (run / "run.json").write_text("{not json")
+    assert RunDir(run).trained_network_revision() is None
+    (run / "run.json").unlink()
+    assert RunDir(run).trained_network_revision() is None

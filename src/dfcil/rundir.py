@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from dfcil.config import recorded_network_revision
+from dfcil.errors import ConfigError
 from dfcil.runlock import is_run_locked
 from dfcil.yamlio import load_file
 
@@ -165,7 +166,7 @@ class RunDir:
         try:
             info = json.loads(self.run_info.read_text())
             written = load_file(self.config)
-        except (OSError, ValueError):
+        except (OSError, ValueError, ConfigError):  # load_file says ConfigError for bad YAML
             return None
         recorded = info.get("fingerprint") if isinstance(info, dict) else None
         if not isinstance(recorded, str) or not isinstance(written, dict):
