@@ -165,6 +165,28 @@ def test_adopt_passes_over_runs_trained_with_an_earlier_network_revision(tmp_pat
     assert adopt_runs(suite, out, [source]) == [("method-ft__seed-1", source / "ft-s1")]
 
 
+def test_adopt_takes_the_partner_joint_of_a_selection_too(tmp_path, tiny_tree, capsys):
+    # --only 'method-ft__seed-1' leaves the joint run of seed 1 out of the selection, but the suite
+    # trains it first (it gives Omega): a complete one elsewhere is adopted instead of retrained,
+    # and the other seed's joint run is not
+    grid = load_suite(_write_suite(tmp_path, tiny_tree, "  method:\n    ft: {method.name: finetune}\n"
+                                   "    joint: {method.name: joint}\n  seed: [0, 1]\n"))
+    resolved = {run.name: config_to_dict(parse_config(apply_overrides(load_yaml_tree(run.config), list(run.overrides))))
+                for run in grid.runs}
+    source = tmp_path / "elsewhere"
+    _fake_complete_run(source / "joint-s0", resolved["method-joint__seed-0"], 90.0)
+    _fake_complete_run(source / "joint-s1", resolved["method-joint__seed-1"], 91.0)
+    selection = select_runs(grid, ["method-ft__seed-1"])
+    assert [run.name for run in selection.runs] == ["method-ft__seed-1"]
+    out = tmp_path / "out"
+    assert adopt_runs(selection, out, [source]) == [("method-joint__seed-1", source / "joint-s1")]
+    assert run_state(out / "method-joint__seed-1") == "complete"
+    execute_suite(selection, out, dry_run=True, grid=grid)
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 1 and "method.name=finetune" in commands[0]
+    assert f"runtime.upper_bound={out / 'method-joint__seed-1'}" in commands[0]
+
+
 def test_a_point_axis_pairs_each_run_with_the_joint_of_its_own_split(tmp_path, tiny_tree):
     # one axis of whole points (as suites/mini_skd.yaml): every run differs from both joints in that
     # axis alone; its partner is the joint of the same split, and a split without one has none

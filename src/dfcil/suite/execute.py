@@ -70,10 +70,14 @@ def adopt_runs(suite: Suite, out: Path, sources: list[Path]) -> list[tuple[str, 
     has not started yet (same fingerprint: every config key but ``runtime``), without its
     ``checkpoints/``. Its ``suite.json`` names the labels and ``adopted_from``. Returns the pairs
     (suite run name, source directory) adopted. Each copy lands atomically (copied beside, then
-    renamed), so an interrupted adoption leaves the run ``new``."""
+    renamed), so an interrupted adoption leaves the run ``new``. The partner joint run of a selected
+    run (:func:`_partner_joint`) is a candidate too, although a selection (``--only``) may leave it
+    out: :func:`execute_suite` trains it first when it is not complete, as the run's Omega needs it."""
     candidates = _complete_runs_by_fingerprint([Path(source) for source in sources])
     adopted = []
-    for run in suite.runs:
+    partners = [partner for run in suite.runs if not run.is_joint
+                if (partner := _partner_joint(run, suite.joint_runs)) is not None]
+    for run in list({item.name: item for item in [*suite.runs, *partners]}.values()):
         destination = out / run.name
         if run_state(destination) != "new":
             continue
