@@ -261,7 +261,7 @@ def _kept_lines(kept: Path, carried: Path = CARRIED_FIRST_TASK) -> list[str]:
             "from it (`--first-task-from`, identity checked).", ""]
 
 
-def _feasibility_lines(root: Path) -> list[str]:
+def _feasibility_lines(root: Path, kept: Path) -> list[str]:
     """Why the campaign cannot finish on this CPU, from the rates in the runs' logs."""
     records = [record for name, _, _ in RUNS for record in RunDir(root / name).records()]
     epochs = [r.time_s for r in records if isinstance(r, EpochRecord) and r.task == 1]
@@ -272,12 +272,18 @@ def _feasibility_lines(root: Path) -> list[str]:
     sessions = _sessions(root / RUNS[0][0])
     lines = ["Where it can fail: nothing promises that this machine keeps anything outside the git",
              "checkout from one session (at most 3 hours) to the next."]
+    restarted = _restarted_from_kept(root / RUNS[0][0], kept)
+    if restarted is not None:
+        lines.append(f"The run folder was lost: {RUNS[0][0]}, which trained the kept first task, was started again "
+                     f"from it on {restarted} (its first session's `first_task_from` in `run.json`); what it had "
+                     "trained after task 1 was lost with the folder.")
     if len(sessions) > 1:
-        lines.append(f"So far the run folder has survived: {RUNS[0][0]} ran in {len(sessions)} sessions "
-                     f"({sessions[0]} to {sessions[-1]}, `run.json`), each resuming it where the last stopped.")
+        lines.append(f"{'Since then' if restarted else 'So far'} the run folder has survived: {RUNS[0][0]} ran in "
+                     f"{len(sessions)} sessions ({sessions[0]} to {sessions[-1]}, `run.json`), each resuming it "
+                     "where the last stopped.")
     if epochs:
-        lines.append(f"A first-task epoch takes {statistics.median(epochs):.0f} s (median of {len(epochs)}, one thread, "
-                     f"niced) here: {160 * statistics.median(epochs) / 3600:.1f} h for task 1.")
+        lines.append(f"A first-task epoch took {statistics.median(epochs):.0f} s (median of {len(epochs)}, one thread, "
+                     f"niced) on the machine that trained it: {160 * statistics.median(epochs) / 3600:.1f} h for task 1.")
     if rates:
         lines.append(f"The generator trains at {statistics.median(rates):.2f} steps/s (median of {len(rates)} records): "
                      f"{5000 / statistics.median(rates) / 3600:.1f} h for one task's 5,000 steps, longer than a session.")
@@ -287,6 +293,19 @@ def _feasibility_lines(root: Path) -> list[str]:
     return lines + ["Should the folder be lost, only the first task is carried in git (above); a GPU",
                     "(`benchmarks/gpu_session.sh MODE=full`, calls of at most 560 s, each resuming the last) would",
                     "run it instead.", ""]
+
+
+def _restarted_from_kept(run_dir: Path, kept: Path) -> str | None:
+    """When the campaign's first run, which trains its own first task, started instead from the
+    first task kept in the repository (``YYYY-MM-DD HH:MM``): the folder that trained it was lost."""
+    files = RunDir(run_dir)
+    if not files.run_info.exists():
+        return None
+    sessions = json.loads(files.run_info.read_text()).get("sessions", [])
+    donor = (sessions[0].get("first_task_from") or {}).get("run_dir") if sessions else None
+    if donor is None or Path(donor).resolve() != kept.resolve():
+        return None
+    return str(sessions[0].get("started", "?"))[:16].replace("T", " ")
 
 
 def _sessions(run_dir: Path) -> list[str]:
@@ -310,7 +329,7 @@ def write_status(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path:
         "`python benchmarks/campaign.py status` whenever work is committed.",
         "",
         *_kept_lines(kept),
-        *_feasibility_lines(root),
+        *_feasibility_lines(root, kept),
         f"Status at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, run folder `{root}`:",
         "",
         "| run | state | tasks done | accuracy after each task | where | hours logged | projected run (hours) | published |",

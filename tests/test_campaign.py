@@ -140,3 +140,24 @@ def test_the_campaign_runs_in_a_session_of_its_own_at_the_lowest_priority():
     mine = Path("/proc/self/autogroup").read_text().split()[0]
     group, nice = child.stdout.split()[0], child.stdout.split()[-1]
     assert group != mine and nice == "19", child.stdout
+
+
+def test_status_says_when_the_first_run_was_started_again_from_the_kept_first_task(tmp_path):
+    campaign = load_script()
+    kept, run_dir = tmp_path / "kept", tmp_path / "campaign" / campaign.RUNS[0][0]
+    run_dir.mkdir(parents=True)
+    session = {"started": "2026-12-07T20:59:13+0000", "first_task_from": None}
+    write_text(run_dir / "run.json", json.dumps({"sessions": [session]}))
+    assert campaign._restarted_from_kept(run_dir, kept) is None  # it trained its own first task
+    lines = campaign._feasibility_lines(run_dir.parent, kept)
+    assert not any("was lost" in line for line in lines)
+    session["first_task_from"] = {"run_dir": str(tmp_path / "elsewhere")}
+    write_text(run_dir / "run.json", json.dumps({"sessions": [session]}))
+    assert campaign._restarted_from_kept(run_dir, kept) is None  # another donor: not the kept one
+    session["first_task_from"] = {"run_dir": str(kept)}
+    later = {"started": "2026-12-08T09:00:00+0000"}
+    write_text(run_dir / "run.json", json.dumps({"sessions": [session, later]}))
+    assert campaign._restarted_from_kept(run_dir, kept) == "2026-12-07 20:59"
+    text = " ".join(campaign._feasibility_lines(run_dir.parent, kept))
+    assert "The run folder was lost" in text and "on 2026-12-07 20:59" in text
+    assert "Since then the run folder has survived" in text and "2 sessions" in text
