@@ -211,6 +211,26 @@ def test_precision_auto_uses_bf16_only_where_it_is_native(monkeypatch):
     assert precision.resolve_precision("auto", cpu) == "bf16"
 
 
+def test_bf16_counts_as_fast_on_a_cpu_only_with_avx512_bf16_or_amx(monkeypatch):
+    # oneDNN reports bf16 on any AVX-512 CPU and emulates it where AVX-512 BF16 and AMX are missing
+    # (1.8x slower than fp32 on such a Xeon: benchmarks/precision_speed.py)
+    from dfcil import precision
+
+    cpu = torch.device("cpu")
+    capabilities = {"architecture": "x86_64", "avx512_bw": True, "avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(capabilities))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert not precision.fast_bf16_available(cpu)
+    capabilities["avx512_bf16"] = True  # e.g. AMD Zen 4, Intel Cooper Lake
+    assert precision.fast_bf16_available(cpu)
+    capabilities.update(avx512_bf16=False, amx_bf16=True)  # Sapphire Rapids and later
+    assert precision.fast_bf16_available(cpu)
+    capabilities.update(amx_bf16=False, architecture="aarch64")  # other architectures: oneDNN decides
+    assert precision.fast_bf16_available(cpu)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not precision.fast_bf16_available(cpu)
+
+
 def test_fixed_batch_prediction_pads_the_last_batch_without_changing_any_row(tmp_path):
     from dfcil.engine.evaluate import predict
 
