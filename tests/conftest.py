@@ -113,7 +113,8 @@ def joint_smoke_run(cifar_env, tmp_path_factory) -> Path:
                 for key, value in cifar_env.items():
                     patch.setenv(key, value)
                 code = main(["run", str(CONFIGS / "smoke.yaml"), "-o", str(run_dir), "--set", "method.name=joint",
-                             "--set", "train.epochs=5", "--set", "runtime.progress=false"])
+                             "--set", "train.epochs=5", "--set", "runtime.progress=false",
+                             "--set", "train.precision=fp32"])  # as the runs of test_end_to_end
             assert code == 0
     return run_dir
 

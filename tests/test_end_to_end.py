@@ -18,8 +18,12 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-# all 500 training images per class, 3 epochs: enough for the harder second task (boy / beetle)
-FULL_DATA = ["--set", "train.epochs=3", "--set", "data.train_per_class=null", "--set", "runtime.progress=false"]
+# all 500 training images per class, 3 epochs: enough for the harder second task (boy / beetle).
+# fp32 on every machine: with train.precision auto a CPU with native bf16 trains in bf16, and these
+# 3-epoch runs end differently in bf16 (LwF.MC's new classes: 34-40 % in bf16, 3.5-26 % in fp32,
+# seeds 0-2 on one machine; benchmarks/results/mini/FINDINGS.md, "Precision")
+FULL_DATA = ["--set", "train.epochs=3", "--set", "data.train_per_class=null", "--set", "runtime.progress=false",
+             "--set", "train.precision=fp32"]
 
 
 def check_smoke_run(run_dir: Path, method: str, images_per_class: int, more_files: tuple[str, ...] = ()) -> None:
@@ -36,13 +40,20 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int, more_file
     assert metrics["forgetting"] == pytest.approx(matrix[0][0] - matrix[1][0])
     if method == "joint":
         # the upper bound keeps the old classes: far above the 4-class chance level of 25 %
-        assert metrics["old_new_accuracy"][1]["old"] > 60.0
-        assert metrics["last_accuracy"] > 50.0
-    elif method == "lwfmc":
-        # LwF.MC keeps the old classes (finetune, EWC and MAS lose them here: 0 %) at the cost of the
-        # new ones (measured: old 43, new 51, last 47 %; 4-way chance 25 %)
-        assert metrics["old_new_accuracy"][1]["old"] > 30.0 and metrics["old_new_accuracy"][1]["new"] > 40.0
+        # (5 epochs, fp32, seeds 0 / 1 / 2: old 76.5 / 72.5 / 58.5, last 50.0 / 59.0 / 62.25)
+        assert metrics["old_new_accuracy"][1]["old"] > 45.0
         assert metrics["last_accuracy"] > 40.0
+    elif method == "lwfmc":
+        # LwF.MC keeps the old classes (finetune, EWC and MAS lose them here: 0 %), and in fp32 at
+        # the cost of nearly all new ones: its fp32 first task ends with old logits of about 6.5 on
+        # the new images, which its old-class targets keep up against new-class targets of 1
+        # (fp32, seeds 0 / 1 / 2: old 50.5 / 66.0 / 54.5, new 3.5 / 12.5 / 26.0; in bf16 the first
+        # task's logits stay near 2.5-4 and new reaches 34-40)
+        assert metrics["old_new_accuracy"][1]["old"] > 30.0
+    elif method == "dgr":
+        # replayed old images (labelled by the old model) beside the new ones cost the new task
+        # some points (fp32, seeds 0 / 1 / 2: new 54.0 / 74.0 / 72.5; 4-way chance 25 %)
+        assert metrics["old_new_accuracy"][1]["new"] > 45.0
     else:
         # the new task's classes are learned (task-agnostic, among all 4 classes: chance 25 %,
         # and 50 % even for a model that only ever predicts new classes). The second task
@@ -75,7 +86,9 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int, more_file
     else:
         # training accuracy of the second task rises (joint: a 4-way problem from scratch, ~40 -> ~65 %)
         assert epochs[-1]["train_accuracy"] > epochs[per_task]["train_accuracy"] + 10.0
-    if method not in ("joint", "lwfmc"):
+    if method == "dgr":  # the replay slows it (fp32, seeds 0 / 1 / 2: 64.0 / 66.3 / 67.7 after 3 epochs)
+        assert epochs[-1]["train_accuracy"] > 55.0
+    elif method not in ("joint", "lwfmc"):
         assert epochs[-1]["train_accuracy"] > 65.0
     # 2 classes per task of `images_per_class` training images each; joint sees both tasks in task 2
     assert [r["images"] for r in epochs] == [2 * images_per_class] * per_task + [
