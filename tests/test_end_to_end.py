@@ -45,10 +45,8 @@ def check_smoke_run(run_dir: Path, method: str, images_per_class: int, more_file
         assert metrics["last_accuracy"] > 40.0
     elif method == "lwfmc":
         # LwF.MC keeps the old classes (finetune, EWC and MAS lose them here: 0 %), and in fp32 at
-        # the cost of nearly all new ones: its fp32 first task ends with old logits of about 6.5 on
-        # the new images, which its old-class targets keep up against new-class targets of 1
-        # (fp32, seeds 0 / 1 / 2: old 50.5 / 66.0 / 54.5, new 3.5 / 12.5 / 26.0; in bf16 the first
-        # task's logits stay near 2.5-4 and new reaches 34-40)
+        # the cost of most new ones (fp32, seeds 0 / 1 / 2: old 50.5 / 66.0 / 54.5, new 3.5 / 12.5 /
+        # 26.0; bf16: new 40.0 / 36.5 / 34.0; benchmarks/results/precision_smoke.md)
         assert metrics["old_new_accuracy"][1]["old"] > 30.0
     elif method == "dgr":
         # replayed old images (labelled by the old model) beside the new ones cost the new task
