@@ -236,9 +236,8 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         "position": None if last is None else f"task {last.task} {last.phase} epoch {last.epoch}/{last.epochs or '?'}",
         "logged_hours": spent / 3600,
         "projected_hours": None if projection.seconds is None else projection.seconds / 3600,
-        "first_task_from": next((s.get("first_task_from", {}).get("run_dir") for s in
-                                 json.loads(files.run_info.read_text()).get("sessions", [])
-                                 if s.get("first_task_from")), None) if files.run_info.exists() else None,
+        "first_task_from": next((s["first_task_from"].get("run_dir") for s in _session_records(run_dir)
+                                 if s.get("first_task_from")), None),
     }
 
 
@@ -295,26 +294,29 @@ def _feasibility_lines(root: Path, kept: Path) -> list[str]:
                     "run it instead.", ""]
 
 
+def _session_records(run_dir: Path) -> list[dict]:
+    """The ``sessions`` of a run's ``run.json`` (none when it has no ``run.json``)."""
+    files = RunDir(run_dir)
+    return json.loads(files.run_info.read_text()).get("sessions", []) if files.run_info.exists() else []
+
+
+def _started(session: dict) -> str:
+    return str(session.get("started", "?"))[:16].replace("T", " ")
+
+
 def _restarted_from_kept(run_dir: Path, kept: Path) -> str | None:
     """When the campaign's first run, which trains its own first task, started instead from the
     first task kept in the repository (``YYYY-MM-DD HH:MM``): the folder that trained it was lost."""
-    files = RunDir(run_dir)
-    if not files.run_info.exists():
-        return None
-    sessions = json.loads(files.run_info.read_text()).get("sessions", [])
+    sessions = _session_records(run_dir)
     donor = (sessions[0].get("first_task_from") or {}).get("run_dir") if sessions else None
     if donor is None or Path(donor).resolve() != kept.resolve():
         return None
-    return str(sessions[0].get("started", "?"))[:16].replace("T", " ")
+    return _started(sessions[0])
 
 
 def _sessions(run_dir: Path) -> list[str]:
     """When each session of a run started (``run.json``), as ``YYYY-MM-DD HH:MM``."""
-    files = RunDir(run_dir)
-    if not files.run_info.exists():
-        return []
-    return [str(session.get("started", "?"))[:16].replace("T", " ")
-            for session in json.loads(files.run_info.read_text()).get("sessions", [])]
+    return [_started(session) for session in _session_records(run_dir)]
 
 
 def write_status(root: Path, kept: Path = KEPT_FIRST_TASK) -> Path:

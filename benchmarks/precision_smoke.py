@@ -48,21 +48,25 @@ def train(run_dir: Path, method: str, precision: str, seed: int) -> None:
                *SMOKE_ARGS]
     if run_dir.exists():
         command = [sys.executable, "-m", "dfcil", "run", "--resume", str(run_dir)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"precision_smoke: the run {run_dir} failed (exit {done.returncode}): {last}")
 
 
 def first_task_logit_scale(run_dir: Path) -> float:
     """Mean over the task-2 classes' test images of the largest logit of the model after task 1."""
     experiment = load_experiment(run_dir / "config.yaml")
     data = load_dataset(experiment.config.data.dataset, resolve_data_root(None), default_cache_dir(), progress=False)
-    trainer = Trainer(experiment, Path(tempfile.mkdtemp()), data)
-    saved = torch.load(run_dir / "checkpoints" / "task_1.pt", map_location="cpu", weights_only=False)
-    for size in saved["head_sizes"]:
-        trainer.model.add_head(size)
-    trainer.model.load_state_dict(saved["model"])
-    first, second = trainer.scenario.tasks[0], trainer.scenario.tasks[1]
-    indices = trainer.test_data.indices_of(second.start, second.stop)
-    logits = predict(trainer.model, trainer.test_data.store, indices, trainer.normalizer, trainer.env, 200)[0]
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer's own run folder, unused
+        trainer = Trainer(experiment, Path(scratch), data)
+        saved = torch.load(run_dir / "checkpoints" / "task_1.pt", map_location="cpu", weights_only=False)
+        for size in saved["head_sizes"]:
+            trainer.model.add_head(size)
+        trainer.model.load_state_dict(saved["model"])
+        first, second = trainer.scenario.tasks[0], trainer.scenario.tasks[1]
+        indices = trainer.test_data.indices_of(second.start, second.stop)
+        logits = predict(trainer.model, trainer.test_data.store, indices, trainer.normalizer, trainer.env, 200)[0]
     return float(logits[:, : first.stop].max(dim=1).values.mean())
 
 

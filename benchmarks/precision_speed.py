@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,8 +31,10 @@ from dfcil.atomic import write_json, write_text
 from dfcil.config import ModelConfig
 from dfcil.models import build_classifier
 from dfcil.precision import fast_bf16_available
+from dfcil.run import cpu_model, git_commit
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 FLAGS = ("avx2", "avx512_f", "avx512_bw", "avx512_vl", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        parser.error(f"--steps and --repeats must be >= 1, got {args.steps} and {args.repeats}")
     torch.set_num_threads(1)
     samples: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for _ in range(args.repeats):
@@ -74,15 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             samples[precision].append(step_seconds(precision, args.steps))
     capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     median = {precision: statistics.median(values) for precision, values in samples.items()}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = "unknown"
+    commit = git_commit(ROOT / "src" / "dfcil") or "unknown"
     result = {
         "command": "python benchmarks/precision_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
-        "machine": {"cpu": capabilities.get("cpu_name", platform.processor()), "torch": torch.__version__,
+        "machine": {"cpu": cpu_model() or capabilities.get("cpu_name"), "torch": torch.__version__,
                     "threads": 1, **{flag: capabilities.get(flag) for flag in FLAGS}},
         "oneDNN_reports_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "auto_picks_bf16": fast_bf16_available(torch.device("cpu")),
