@@ -162,9 +162,11 @@ def copy_run(run_dir: Path, out: Path) -> Path:
     """Copy a run directory into ``out/<its name>`` without checkpoints: :data:`KEPT_FILES` and
     ``synthesis/`` (sample grids and domain-gap features, what the report reads). The copy is
     built beside and renamed into place, so an interrupted copy leaves the old one or none.
-    Returns the copy (``run_dir`` itself when it already lies in ``out``)."""
+    Returns the copy (``run_dir`` itself when it already lies in ``out``). A run that a suite
+    adopted from the copy itself (its ``suite.json``'s ``adopted_from``) is not copied back: the
+    copy would only gain a record that it was adopted from itself."""
     target = out / run_dir.name
-    if run_dir.resolve() == target.resolve():
+    if run_dir.resolve() == target.resolve() or _adopted_from(run_dir) == target.resolve():
         return target
     staging = out / f".{run_dir.name}.copying"
     shutil.rmtree(staging, ignore_errors=True)
@@ -178,6 +180,19 @@ def copy_run(run_dir: Path, out: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def _adopted_from(run_dir: Path) -> Path | None:
+    """Where a suite copied ``run_dir`` from (``suite.json``'s ``adopted_from``, relative to the
+    repository root when relative, as ``dfcil suite`` run there records it), or None."""
+    try:
+        source = json.loads((run_dir / SUITE_FILE).read_text()).get("adopted_from")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(source, str):
+        return None
+    path = Path(source)
+    return (path if path.is_absolute() else ROOT / path).resolve()
 
 
 def collect(runs_roots: list[Path], out: Path) -> dict[str, list[dict[str, Any]]]:

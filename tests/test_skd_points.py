@@ -52,3 +52,27 @@ def test_the_table_reads_gamma_the_delegator_check_and_the_fit_of_each_task(tmp_
                                for t in (2, 3, 4))
     assert rows["b10-abd"][9] == "; ".join(
         f"{abd_epochs[t]['losses']['local_ce']:.2f}/{abd_epochs[t]['train_accuracy']:.1f}" for t in (2, 3))
+
+
+def test_a_run_adopted_from_the_results_folder_is_not_copied_back_over_it(tmp_path, monkeypatch):
+    budget_curves = load_benchmark("budget_curves")
+    results = budget_curves.ROOT / "benchmarks" / "results"
+    name = "seed-0__point-b10-joint"
+    out = tmp_path / "out"
+    shutil.copytree(results / "mini" / "skd" / name, out / name)
+    kept = (out / name / "suite.json").read_text()
+    adopted = tmp_path / "runs" / name  # a suite's adopted copy: suite.json names the results folder
+    shutil.copytree(out / name, adopted)
+    record = json.loads(kept)
+    (adopted / "suite.json").write_text(json.dumps({**record, "adopted_from": str(out / name)}))
+    assert budget_curves.copy_run(adopted, out) == out / name
+    assert (out / name / "suite.json").read_text() == kept  # not replaced by the adopted copy's record
+    # relative to the repository root, as `dfcil suite` run there records it
+    monkeypatch.setattr(budget_curves, "ROOT", tmp_path)
+    (adopted / "suite.json").write_text(json.dumps({**record, "adopted_from": f"out/{name}"}))
+    assert budget_curves.copy_run(adopted, out) == out / name
+    assert (out / name / "suite.json").read_text() == kept
+    # a run trained elsewhere (no adopted_from) is copied
+    (adopted / "suite.json").write_text(json.dumps(record))
+    budget_curves.copy_run(adopted, out)
+    assert json.loads((out / name / "suite.json").read_text()) == record
