@@ -227,18 +227,29 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
     epochs = [r for r in records if isinstance(r, EpochRecord)]
     spent = sum(r.time_s for r in epochs) + training_seconds([r for r in records if isinstance(r, ProgressRecord)])
     projection = project(records, num_tasks)
-    last = epochs[-1] if epochs else None
     return {
         "state": _state(run_dir),
         "tasks_done": len(evals),
         "num_tasks": num_tasks,
         "accuracy_per_task": [round(r.accuracy, 2) for r in evals],
-        "position": None if last is None else f"task {last.task} {last.phase} epoch {last.epoch}/{last.epochs or '?'}",
+        "position": _position(records),
         "logged_hours": spent / 3600,
         "projected_hours": None if projection.seconds is None else projection.seconds / 3600,
         "first_task_from": next((s["first_task_from"].get("run_dir") for s in _session_records(run_dir)
                                  if s.get("first_task_from")), None),
     }
+
+
+def _position(records: list[Any]) -> str | None:
+    """Where the run's log ends: its last epoch (``task 1 main epoch 160/160``) or, when a training
+    that precedes a task's epochs was logged after it, that training's progress (``task 2 generator
+    step 300/5000``)."""
+    for record in reversed(records):
+        if isinstance(record, EpochRecord):
+            return f"task {record.task} {record.phase} epoch {record.epoch}/{record.epochs or '?'}"
+        if isinstance(record, ProgressRecord):
+            return f"task {record.task} {record.step_name} {record.count}/{record.planned or '?'}"
+    return None
 
 
 def _kept_lines(kept: Path, carried: Path = CARRIED_FIRST_TASK) -> list[str]:

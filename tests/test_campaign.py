@@ -161,3 +161,26 @@ def test_status_says_when_the_first_run_was_started_again_from_the_kept_first_ta
     text = " ".join(campaign._feasibility_lines(run_dir.parent, kept))
     assert "The run folder was lost" in text and "on 2026-12-07 20:59" in text
     assert "Since then the run folder has survived" in text and "2 sessions" in text
+
+
+def test_status_places_a_run_in_its_generator_training_after_the_last_epoch(tmp_path):
+    campaign = load_script()
+    run_dir = tmp_path / campaign.RUNS[0][0]
+    run_dir.mkdir()
+    write_text(run_dir / "config.yaml", yaml.safe_dump({"scenario": {"num_tasks": 5}}))
+    epoch = {"event": "epoch", "task": 1, "phase": "main", "phase_index": 0, "epoch": 160, "epochs": 160, "lr": 0.001,
+             "loss": 0.02, "losses": {"ce": 0.02}, "weights": {"ce": 1.0}, "train_accuracy": 99.6, "images": 10000,
+             "time_s": 1081.5, "images_per_s": 9.2, "threads": 1}
+    evaluation = {"event": "eval", "task": 1, "accuracy": 82.4, "old": None, "new": 82.4, "matrix_row": [82.4],
+                  "images": 2000, "images_per_s": 400.0}
+    synthesis = {"event": "synthesis", "task": 2, "step": 300, "steps": 5000, "content": 2.99, "total": 3.38,
+                 "steps_per_s": 0.035}
+    log = run_dir / "log.jsonl"
+    write_text(log, "\n".join(json.dumps(r) for r in (epoch, evaluation)) + "\n")
+    summary = campaign._run_summary(run_dir)
+    assert summary["position"] == "task 1 main epoch 160/160" and summary["tasks_done"] == 1
+    write_text(log, "\n".join(json.dumps(r) for r in (epoch, evaluation, synthesis)) + "\n")
+    assert campaign._run_summary(run_dir)["position"] == "task 2 generator step 300/5000"
+    later = {**epoch, "task": 2, "epoch": 1}
+    write_text(log, "\n".join(json.dumps(r) for r in (epoch, evaluation, synthesis, later)) + "\n")
+    assert campaign._run_summary(run_dir)["position"] == "task 2 main epoch 1/160"
